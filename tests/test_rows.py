@@ -1,0 +1,140 @@
+"""Row building: mid rule, sentinels never pass, put open interest, nulls, seller ranking (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import given, strategies as st
+
+from agent.rows import (chain_row, clean_greek, mid_price, price_row, rank_for_seller, sell_row, seller_metrics,
+                        underlying_price, underlying_row)
+from agent.types import Contract, Quote
+
+CALL = Contract.option("AAPL", "20260220", 190.0, "C")
+PUT = Contract.option("AAPL", "20260220", 180.0, "P")
+CHAIN_KEYS = ["symbol", "strike", "expiry", "right", "bid", "ask", "mid", "last", "volume", "open_interest",
+              "implied_vol", "delta", "bid_size", "ask_size"]
+PRICE_KEYS = ["ticker", "strike", "expiry", "right", "bid", "ask", "mid", "last", "delta", "gamma", "theta", "vega",
+              "implied_vol"]
+
+
+def test_chain_row_has_the_original_fields_in_order():
+    """A chain row carries the original's fields (plus extras after them)."""
+    row = chain_row(CALL, Quote(bid=1.0, ask=1.2))
+    assert list(row)[:len(CHAIN_KEYS)] == CHAIN_KEYS
+    assert row["symbol"] == "AAPL" and row["expiry"] == "20260220" and row["right"] == "C"
+
+
+def test_mid_is_average_when_both_sides_positive():
+    """mid = (bid + ask) / 2 when both are > 0."""
+    assert chain_row(CALL, Quote(bid=1.0, ask=1.5, last=9.0))["mid"] == 1.25
+
+
+def test_mid_falls_back_to_last():
+    """mid = last when a side is missing or zero, and 0 when there is no last either."""
+    assert mid_price(None, 1.5, 1.1) == 1.1
+    assert mid_price(0.0, 1.5, 1.1) == 1.1
+    assert mid_price(-1.0, -1.0, None) == 0.0
+
+
+def test_minus_one_never_passes():
+    """IB's -1 'no bid/no ask' becomes 0 in price and size fields, never -1."""
+    row = chain_row(CALL, Quote(bid=-1.0, ask=-1.0, last=-1.0, bid_size=-1, ask_size=0, volume=-1))
+    for k in ("bid", "ask", "mid", "last", "bid_size", "ask_size", "volume", "open_interest"):
+        assert row[k] == 0.0, k
+
+
+@given(st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+       st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+       st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)))
+def test_prices_are_never_negative_or_non_finite(bid, ask, last):
+    """Whatever IB sends, row prices are finite and >= 0 and below IB's 1e300 sentinel."""
+    row = chain_row(CALL, Quote(bid=bid, ask=ask, last=last))
+    for k in ("bid", "ask", "mid", "last"):
+        assert isinstance(row[k], float) and 0 <= row[k] < 1e300
+
+
+def test_put_open_interest_is_reported():
+    """A put row shows its open interest (tick 28), not 0 as the original did."""
+    assert chain_row(PUT, Quote(bid=2.0, ask=2.2, open_interest=1234.0))["open_interest"] == 1234.0
+
+
+def test_missing_greeks_and_iv_are_null():
+    """Greeks and IV that IB did not compute are null, not 0 or -2."""
+    row = chain_row(CALL, Quote(bid=1.0, ask=1.1, implied_vol=-1.0, delta=-2.0))
+    assert row["implied_vol"] is None and row["delta"] is None
+    prow = price_row(CALL, Quote(bid=1.0, ask=1.1, gamma=-2.0, theta=-2.0, vega=1e308, delta=1.7))
+    assert prow["gamma"] is None and prow["theta"] is None and prow["vega"] is None and prow["delta"] is None
+
+
+def test_real_negative_greeks_pass():
+    """A put's negative delta and a real negative theta are kept."""
+    assert clean_greek("delta", -0.45) == -0.45
+    assert clean_greek("theta", -0.08) == -0.08
+
+
+def test_price_row_fields_and_values():
+    """A priced leg gives the original's price-row fields with the quote's values."""
+    q = Quote(bid=2.0, ask=2.4, last=2.1, delta=0.5, gamma=0.02, theta=-0.05, vega=0.3, implied_vol=0.25)
+    row = price_row(CALL, q)
+    assert list(row)[:len(PRICE_KEYS)] == PRICE_KEYS
+    assert row["ticker"] == "AAPL" and row["mid"] == 2.2 and row["delta"] == 0.5 and row["implied_vol"] == 0.25
+
+
+def test_price_row_null_without_bid_and_ask():
+    """A leg with no bid and no ask is null in fetch_prices."""
+    assert price_row(CALL, Quote(bid=-1.0, ask=-1.0, last=3.0)) is None
+    assert price_row(CALL, Quote()) is None
+    assert price_row(CALL, Quote(bid=None, ask=0.05)) is not None
+
+
+def test_delayed_and_error_extras():
+    """Delayed quotes are marked delayed: true; a failed contract says why."""
+    assert chain_row(CALL, Quote(bid=1.0, ask=1.1, delayed=True))["delayed"] is True
+    row = chain_row(CALL, Quote(error_code=200, error="No security definition has been found"))
+    assert row["error_code"] == 200 and "security definition" in row["error"]
+    assert "error" not in chain_row(CALL, Quote(bid=1.0, ask=1.1))
+
+
+def test_underlying_price_preference():
+    """Stock price: last, else mid, else close, else None."""
+    assert underlying_price(Quote(last=10.0, bid=9.0, ask=11.0)) == 10.0
+    assert underlying_price(Quote(last=-1.0, bid=9.0, ask=11.0)) == 10.0
+    assert underlying_price(Quote(close=8.0)) == 8.0
+    assert underlying_price(Quote(bid=-1.0, ask=-1.0)) is None
+    assert underlying_row("X", Quote())["price"] == 0.0
+
+
+def test_covered_call_yield_math():
+    """Covered call: premium = mid x 100, capital = spot x 100, yield = premium / capital x 365 / days."""
+    today = dt.date(2026, 1, 21)       # 30 days before 20260220
+    m = seller_metrics(CALL, 2.0, 200.0, today)
+    assert m["premium"] == 200.0 and m["capital_at_risk"] == 20000.0 and m["days_to_expiry"] == 30
+    assert abs(m["annual_yield"] - 200.0 / 20000.0 * 365 / 30) < 1e-12
+    assert abs(m["otm_distance"] - (190.0 - 200.0) / 200.0) < 1e-12       # in the money: negative
+
+
+def test_cash_secured_put_yield_math():
+    """Cash-secured put: capital = strike x 100, OTM distance = (spot - strike) / spot."""
+    today = dt.date(2026, 1, 21)
+    m = seller_metrics(PUT, 1.5, 200.0, today)
+    assert m["capital_at_risk"] == 18000.0
+    assert abs(m["annual_yield"] - 150.0 / 18000.0 * 365 / 30) < 1e-12
+    assert abs(m["otm_distance"] - 0.1) < 1e-12
+
+
+def test_same_day_expiry_counts_one_day_and_no_premium_no_yield():
+    """A 0-day expiry counts as one day; no premium means no yield (None)."""
+    today = dt.date(2026, 2, 20)
+    assert seller_metrics(CALL, 1.0, 200.0, today)["annual_yield"] == 1.0 * 100 / 20000 * 365
+    assert seller_metrics(CALL, 0.0, 200.0, today)["annual_yield"] is None
+
+
+def test_ranking_best_yield_first_nothing_last():
+    """Sell-scan rows are sorted by annual yield, best first, unpriced rows last."""
+    today = dt.date(2026, 1, 21)
+    rows = [sell_row(Contract.option("AAPL", "20260220", k, "C"), Quote(bid=b, ask=b + 0.2), 200.0, today)
+            for k, b in ((200.0, 3.0), (210.0, -1.0), (205.0, 5.0), (195.0, 1.0))]
+    ranked = rank_for_seller(rows)
+    assert [r["strike"] for r in ranked] == [205.0, 200.0, 195.0, 210.0]
+    assert ranked[-1]["annual_yield"] is None
