@@ -1,0 +1,130 @@
+"""Settings: sources, overrides, validation into ConfigError, and the key never leaking."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigError
+from agent.settings import load_settings
+
+KEY = "k3y-Secret-0123456789abcdef"
+
+
+def write_env(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.env"
+    p.write_text(text)
+    return p
+
+
+def test_env_alone_is_enough(tmp_path):
+    """With no config.env, environment variables alone build valid settings with defaults filled in."""
+    s = load_settings({"IB_PROVIDER_KEY": KEY, "IB_PORT": "4002"}, None)
+    assert s.provider_key.get_secret_value() == KEY
+    assert s.ib_port == 4002 and s.ib_mode == "paper" and s.ib_client_id == 17
+    assert s.sources["IB_PROVIDER_KEY"] == "environment" and s.sources["IB_HOST"] == "default"
+
+
+def test_file_values_and_env_override(tmp_path):
+    """The environment beats config.env, and the override is recorded with its source."""
+    cfg = write_env(tmp_path, f"IB_PROVIDER_KEY=file-key-0123456789\nIB_MODE=live\nIB_CLIENT_ID=5\n")
+    s = load_settings({"IB_PROVIDER_KEY": KEY}, cfg)
+    assert s.provider_key.get_secret_value() == KEY
+    assert s.ib_mode == "live" and s.ib_client_id == 5
+    assert s.sources["IB_PROVIDER_KEY"] == "environment"
+    assert s.sources["IB_MODE"] == "config.env"
+    assert s.overridden == ("IB_PROVIDER_KEY",)
+    assert "your environment" in s.key_source
+    assert any("IB_PROVIDER_KEY comes from your environment and overrides config.env" in line
+               for line in s.source_lines())
+
+
+def test_key_source_names_config_file(tmp_path):
+    """A key read from config.env names that file as its source."""
+    cfg = write_env(tmp_path, f"IB_PROVIDER_KEY={KEY}\n")
+    s = load_settings({}, cfg)
+    assert s.sources["IB_PROVIDER_KEY"] == "config.env"
+    assert str(cfg) in s.key_source and s.overridden == ()
+
+
+def test_empty_env_var_counts_as_unset(tmp_path):
+    """An empty environment variable does not override config.env (an undefined CI secret expands to '')."""
+    cfg = write_env(tmp_path, f"IB_PROVIDER_KEY={KEY}\n")
+    s = load_settings({"IB_PROVIDER_KEY": ""}, cfg)
+    assert s.provider_key.get_secret_value() == KEY and s.sources["IB_PROVIDER_KEY"] == "config.env"
+
+
+def test_candidate_ports_by_mode():
+    """IB_PORT gives one port; otherwise paper and live each try TWS, Gateway and the README's swapped port."""
+    assert load_settings({"IB_PROVIDER_KEY": KEY, "IB_PORT": "7496"}).candidate_ports() == [7496]
+    assert load_settings({"IB_PROVIDER_KEY": KEY}).candidate_ports() == [7497, 4002, 7496]
+    assert load_settings({"IB_PROVIDER_KEY": KEY, "IB_MODE": "LIVE"}).candidate_ports() == [7496, 4001, 7497]
+
+
+@pytest.mark.parametrize("name,value", [
+    ("IB_PORT", "abc"), ("IB_PORT", "0"), ("IB_PORT", "70000"), ("IB_PORT", "7497.5"),
+    ("IB_MODE", "demo"), ("IB_CLIENT_ID", "x1"), ("IB_CLIENT_ID", "-1"),
+    ("RELAY_URL", "ws://example.com/ws/data-provider"), ("RELAY_URL", "http://127.0.0.1/x"),
+    ("RELAY_URL", "not a url"), ("ALLOW_LIVE_ORDERS", "maybe"), ("IB_MAX_LINES", "0"),
+    ("IB_MSG_RATE", "500"), ("IB_MSG_RATE", "nan"), ("IB_CONNECT_TIMEOUT", "-3"), ("LOG_LEVEL", "LOUD"),
+    ("IB_HOST", "127.0.0.1:7497"), ("IB_LINE_MARGIN", "100"),
+])
+def test_bad_value_names_setting(name, value):
+    """Every bad value stops loading with a ConfigError naming the setting and the value, plus a fix."""
+    with pytest.raises(ConfigError) as ei:
+        load_settings({"IB_PROVIDER_KEY": KEY, name: value})
+    assert ei.value.setting == name
+    assert ei.value.value == value
+    assert ei.value.fix and name in str(ei.value)
+
+
+@pytest.mark.parametrize("key", ["your-api-key-here", "CHANGEME", "<paste key>", "xxxxxxxx", "abc12", "has space key1"])
+def test_placeholder_or_bad_key_rejected(tmp_path, key):
+    """A placeholder, short or spaced key is rejected, naming IB_PROVIDER_KEY but never echoing the value."""
+    cfg = write_env(tmp_path, f'IB_PROVIDER_KEY="{key}"\n')
+    with pytest.raises(ConfigError) as ei:
+        load_settings({}, cfg)
+    assert ei.value.setting == "IB_PROVIDER_KEY" and ei.value.value is None
+    assert key not in str(ei.value)
+
+
+def test_missing_config_and_key_gives_download_guidance(monkeypatch, tmp_path):
+    """No config.env and no key in the environment: the error says to download a fresh copy of the agent."""
+    import agent.settings as st
+    monkeypatch.setattr(st, "DEFAULT_CONFIG", tmp_path / "absent.env")
+    with pytest.raises(ConfigError) as ei:
+        load_settings({})
+    assert ei.value.setting == "IB_PROVIDER_KEY"
+    assert "config.env was not found" in str(ei.value) and "fresh copy" in str(ei.value)
+
+
+def test_explicit_config_path_must_exist(tmp_path):
+    """--config pointing at a missing file is a ConfigError naming --config."""
+    with pytest.raises(ConfigError) as ei:
+        load_settings({"IB_PROVIDER_KEY": KEY}, tmp_path / "nope.env")
+    assert ei.value.setting == "--config"
+
+
+def test_ws_to_loopback_is_allowed():
+    """Plain ws:// is accepted only to this machine (the simulators), for IPv4, IPv6 and localhost."""
+    for url in ("ws://127.0.0.1:8765/ws/data-provider", "ws://localhost:1/x", "ws://[::1]:9/x"):
+        assert load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": url}).relay_url == url
+
+
+def test_settings_frozen():
+    """Settings cannot be changed after load."""
+    s = load_settings({"IB_PROVIDER_KEY": KEY})
+    with pytest.raises(Exception):
+        s.ib_port = 1  # type: ignore[misc]
+
+
+def test_key_never_in_str_repr_or_log(caplog):
+    """The key appears in neither str(), repr(), model_dump_json() nor a logged settings object."""
+    s = load_settings({"IB_PROVIDER_KEY": KEY})
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("agent.test").info("settings: %s %r", s, s)
+    for text in (str(s), repr(s), s.model_dump_json(), caplog.text, s.key_fingerprint, "\n".join(s.source_lines())):
+        assert KEY not in text
+    assert s.key_fingerprint == "key …" + KEY[-4:]
