@@ -1,0 +1,203 @@
+"""RelayClient against the reference relay (sim.relay) on 127.0.0.1, port 0, with millisecond delays."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import pytest
+
+from agent.relay import Backoff, RelayClient
+from agent.settings import load_settings
+from sim.relay import ProviderDisconnected, ReferenceRelay
+
+KEY = "relay-test-key-0123456789"
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(initial=0.01, factor=2, cap=0.05, first=0.01)
+
+
+class Handler:
+    """Answers requests; 'block' requests wait on a gate and record their cancellation."""
+
+    def __init__(self):
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+        self.cancelled = 0
+
+    async def __call__(self, frame):
+        rid, rtype = frame["request_id"], frame["request_type"]
+        if rtype == "block":
+            self.started.set()
+            try:
+                await asyncio.wait_for(self.gate.wait(), 10)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        if rtype == "slow":
+            await asyncio.wait_for(self.gate.wait(), 10)
+        return {"type": "response", "request_id": rid, "success": True, "data": {"type": rtype}, "error": None}
+
+
+def state():
+    return {"type": "agent_state", "ib_connected": True, "ib_farms": {"usfarm": True}, "ib_data_available": True,
+            "available_scan_lines": 90, "scan_batch_size": 50, "max_lines": 100}
+
+
+@contextlib.asynccontextmanager
+async def running(relay: ReferenceRelay, handler=None, **kw):
+    settings = load_settings({"IB_PROVIDER_KEY": kw.pop("key", KEY), "RELAY_URL": relay.ws_url})
+    kw.setdefault("backoff", fast_backoff())
+    client = RelayClient(settings, handler or Handler(), state, accounts=lambda: ["DU1234567"], **kw)
+    task = asyncio.create_task(client.run())
+    try:
+        yield client
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+
+
+@pytest.fixture
+async def relay():
+    r = ReferenceRelay(api_key=KEY, port=0)
+    await r.start()
+    yield r
+    await r.stop()
+
+
+async def test_auth_then_accounts_state_and_boot_phase(relay):
+    """The client authenticates with its version, then sends boot_phase, ib_accounts and agent_state."""
+    async with running(relay) as client:
+        pid = await relay.wait_provider(5)
+        await relay.wait_frame(lambda f: f["type"] == "agent_state", 5)
+        assert client.provider_id == pid and client.connected
+        assert relay.frames[0]["type"] == "auth" and relay.provider_version == client.version
+        assert relay.accounts == ["DU1234567"]
+        assert relay.boot_phases[0]["phase"] == "relay_connected"
+        assert relay.agent_state["available_scan_lines"] == 90
+
+
+async def test_heartbeat_followed_by_agent_state(relay):
+    """Every heartbeat interval the client sends heartbeat then agent_state."""
+    async with running(relay, heartbeat_interval=0.02):
+        await relay.wait_provider(5)
+        await relay.wait_frame(lambda f: f["type"] == "heartbeat", 5)
+        start = relay.frames.index(next(f for f in relay.frames if f["type"] == "heartbeat"))
+        await relay.wait_frame(lambda f: f["type"] == "heartbeat", 5, start=start + 1)
+        kinds = [f["type"] for f in relay.frames[start:]]
+        assert kinds[1] == "agent_state" and relay.heartbeats >= 2
+
+
+async def test_requests_answered_concurrently_in_any_order(relay):
+    """A slow request does not hold up a fast one; each answer carries its own request id."""
+    handler = Handler()
+    async with running(relay, handler):
+        await relay.wait_provider(5)
+        slow = asyncio.create_task(relay.request("slow", {}, timeout=5))
+        fast = await relay.request("fast", {}, timeout=5)
+        assert fast["success"] and fast["data"] == {"type": "fast"} and not slow.done()
+        handler.gate.set()
+        assert (await slow)["data"] == {"type": "slow"}
+
+
+async def test_bad_key_one_guidance_and_long_backoff(relay, caplog):
+    """A rejected key logs the guidance once, naming the key's source, and waits the long auth delay each time."""
+    relay.reject_all_keys = True
+    delays: list[float] = []
+    three = asyncio.Event()
+
+    async def sleep(d):
+        delays.append(d)
+        if len(delays) >= 3:
+            three.set()
+            await asyncio.Event().wait()
+        await asyncio.sleep(0)
+    caplog.set_level(logging.INFO, logger="agent")
+    async with running(relay, sleep=sleep, auth_fail_delay=300.0):
+        await asyncio.wait_for(three.wait(), 5)
+    assert delays == [300.0, 300.0, 300.0] and len(relay.auth_attempts) == 3
+    guidance = [r for r in caplog.records if "Authentication failed" in r.getMessage()]
+    assert len(guidance) == 1
+    assert "your environment (IB_PROVIDER_KEY)" in guidance[0].getMessage()
+    assert "fresh copy" in guidance[0].getMessage() and KEY not in caplog.text
+
+
+async def test_reconnect_after_kick_and_relay_restart(relay):
+    """The client reconnects after the relay drops it and after the relay process restarts on the same port."""
+    async with running(relay) as client:
+        await relay.wait_provider(5)
+        await relay.kick_provider()
+        await relay.wait_no_provider(5)
+        await relay.wait_provider(5)
+        assert relay.providers_seen == 2
+        port = relay.port
+        await relay.stop()
+        relay2 = ReferenceRelay(api_key=KEY, port=port)
+        await relay2.start()
+        try:
+            await relay2.wait_provider(5)
+            await asyncio.wait_for(client.connected_event.wait(), 5)
+            assert client.sessions == 3
+            r = await relay2.request("fast", {}, timeout=5)
+            assert r["success"]
+        finally:
+            await relay2.stop()
+
+
+async def test_inflight_cancelled_on_drop(relay):
+    """When the relay connection drops, in-flight requests are cancelled and the client reconnects and serves."""
+    handler = Handler()
+    async with running(relay, handler) as client:
+        await relay.wait_provider(5)
+        pending = asyncio.create_task(relay.request("block", {}, timeout=5))
+        await asyncio.wait_for(handler.started.wait(), 5)
+        assert client.in_flight == 1
+        await relay.kick_provider()
+        with pytest.raises(ProviderDisconnected):
+            await pending
+        await relay.wait_provider(5)
+        assert handler.cancelled == 1 and client.in_flight == 0
+        assert (await relay.request("fast", {}, timeout=5))["success"]
+
+
+async def test_bridge_events_become_frames(relay):
+    """Bridge events become ib_accounts, account_event and agent_state frames; events queue while offline."""
+    async with running(relay) as client:
+        client.on_bridge_event("order_status", {"orderId": 1, "status": "Filled", "filled": 1, "remaining": 0,
+                                                "avgFillPrice": 1.5, "ts": 1.0})
+        await asyncio.wait_for(client.connected_event.wait(), 5)
+        client.on_bridge_event("tws_reconnected", {"ts": 2.0})
+        client.on_bridge_event("tws_connected", {"accounts": ["DU7654321"]})
+        await relay.wait_frame(lambda f: f["type"] == "ib_accounts" and f["accounts"] == ["DU7654321"], 5)
+        await relay.wait_frame(lambda f: f["type"] == "account_event"
+                               and f["event"]["event"] == "tws_reconnected", 5)
+        assert relay.events[0]["event"] == "order_status" and relay.events[0]["orderId"] == 1
+
+
+async def test_unreachable_relay_backs_off_with_growing_delays():
+    """With no relay listening, the client retries with a random first delay, then growing, capped delays."""
+    r = ReferenceRelay(api_key=KEY, port=0)
+    await r.start()
+    url = r.ws_url
+    await r.stop()
+    delays: list[float] = []
+    enough = asyncio.Event()
+
+    async def sleep(d):
+        delays.append(d)
+        if len(delays) >= 6:
+            enough.set()
+            await asyncio.Event().wait()
+        await asyncio.sleep(0)
+    settings = load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": url})
+    client = RelayClient(settings, Handler(), state, sleep=sleep,
+                         backoff=Backoff(initial=1, factor=2, cap=4, first=3, rng=lambda: 0.5))
+    task = asyncio.create_task(client.run())
+    await asyncio.wait_for(enough.wait(), 10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert delays == [1.5, 1.0, 2.0, 4.0, 4.0, 4.0] and client.last_fault == "connection refused"
