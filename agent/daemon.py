@@ -1,0 +1,198 @@
+"""The daemon's wiring: build the parts from one Settings object and run them in one task group.
+
+Parts: the pacer (shared by every request), the TWS bridge (its supervisor reconnects forever), the option
+scanner (when ib_scanner is importable), the dispatcher and the relay client. Two long-lived tasks, named
+``tws-bridge`` and ``relay-client``, live in one task group: the first failure cancels the other, and
+shutdown is cancellation (Ctrl+C / SIGTERM cancel the main task; market data lines are cancelled and TWS is
+disconnected on the way out). The relay side stays up while TWS is down: requests that need IB are answered
+at once with the "IB not connected" guidance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from typing import Any, Callable, Coroutine
+
+from agent import VERSION, console
+from agent.dispatch import AgentContext, Dispatcher, agent_state, register_core
+from agent.pacer import Pacer
+from agent.protocol import boot_phase_frame
+from agent.relay import RelayClient
+
+log = logging.getLogger("agent.daemon")
+
+CLOSE_TIMEOUT = 1.5      # Ctrl+C must exit within 2 s: this is the budget for cancelling lines + disconnecting
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first leaf of an ExceptionGroup (TaskGroup, 3.11+), or the exception itself."""
+    while hasattr(exc, "exceptions") and getattr(exc, "exceptions"):
+        exc = exc.exceptions[0]      # type: ignore[attr-defined]
+    return exc
+
+
+async def run_task_group(coros: dict[str, Coroutine[Any, Any, Any]]) -> None:
+    """Run named tasks together; the first failure cancels the rest and is raised (unwrapped).
+
+    asyncio.TaskGroup on 3.11+; on 3.10 the same semantics by hand (named tasks, first failure cancels the rest,
+    cancelling the caller cancels them all and waits for them).
+    """
+    if sys.version_info >= (3, 11):
+        try:
+            async with asyncio.TaskGroup() as tg:     # type: ignore[attr-defined]
+                for name, coro in coros.items():
+                    tg.create_task(coro, name=name)
+        except BaseException as e:                     # noqa: BLE001 - unwrap the group, keep cancellation
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            err = first_error(e)
+            raise err from (e if err is not e else None)
+        return
+    tasks = [asyncio.ensure_future(coro) for coro in coros.values()]
+    for t, name in zip(tasks, coros):
+        t.set_name(name)
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()               # type: ignore[misc]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _load_scanner() -> tuple[Any, Callable[[Dispatcher], None] | None]:
+    """ib_scanner's OptionScanner class and register(), when it is importable (it is optional to the daemon)."""
+    try:
+        import ib_scanner
+    except ImportError as e:
+        log.warning("Option scanner not available (%s): option-data requests will be refused", e)
+        return None, None
+    return getattr(ib_scanner, "OptionScanner", None), getattr(ib_scanner, "register", None)
+
+
+class Daemon:
+    """The agent, assembled. ``await Daemon(settings).run()`` until cancelled."""
+
+    def __init__(self, settings: Any, *, bridge_factory: Callable[..., Any] | None = None,
+                 relay_options: dict | None = None, scanner_options: dict | None = None):
+        self.settings = settings
+        self.pacer = Pacer(rate=settings.msg_rate, max_lines=settings.max_lines, line_margin=settings.line_margin)
+        if bridge_factory is None:
+            from agent.tws import TwsBridge
+            bridge_factory = TwsBridge
+        self.relay: RelayClient | None = None
+        self._booted = False
+        self.bridge = bridge_factory(settings, self.pacer, on_event=self._on_bridge_event)
+        scanner_cls, register = _load_scanner()
+        scanner = scanner_cls(self.bridge, self.pacer, **(scanner_options or {})) if scanner_cls else None
+        self.ctx = AgentContext(settings, self.pacer, self.bridge, scanner, push=self._push)
+        self.dispatcher = Dispatcher(self.ctx)
+        register_core(self.dispatcher)
+        if register is not None:
+            register(self.dispatcher)
+        self.relay = RelayClient(settings, self.dispatcher.handle, self.agent_state, accounts=self._accounts,
+                                 **(relay_options or {}))
+
+    # --- glue -------------------------------------------------------------------------------------
+
+    def agent_state(self) -> dict:
+        return agent_state(self.ctx, self.dispatcher)
+
+    def _accounts(self) -> list[str]:
+        return list(self.bridge.accounts) if self.bridge.connected else []
+
+    def _push(self, frame: dict) -> None:
+        if self.relay is not None:
+            self.relay.push(frame)
+
+    def _on_bridge_event(self, name: str, data: dict) -> None:
+        """The bridge's events: one console line per TWS state change, then on to the relay."""
+        try:
+            if name == "tws_connected":
+                b = self.bridge
+                log.info(console.tws_connected(b.host, b.port, list(data.get("accounts") or b.accounts),
+                                               b.is_paper))
+                if not self._booted:
+                    self._booted = True
+                    self._push(boot_phase_frame("boot_complete", "connected to TWS", 1.0, time.time()))
+            elif name == "tws_lost":
+                log.warning(console.tws_lost())
+            if self.relay is not None:
+                self.relay.on_bridge_event(name, data)
+        except Exception:  # noqa: BLE001 - an event must never break the bridge that reports it
+            log.exception("bridge event %s could not be forwarded", name)
+
+    def banner(self) -> list[str]:
+        """Start-up lines: version, where overridden settings came from, the TWS target and relay URL (no key)."""
+        s = self.settings
+        ports = "/".join(str(p) for p in s.candidate_ports())
+        how = "IB_PORT" if s.ib_port is not None else f"IB_MODE={s.ib_mode}"
+        lines = [f"IB Data Agent {VERSION}"]
+        lines += s.source_lines() if hasattr(s, "source_lines") else []
+        lines.append(f"TWS/IB Gateway: {s.ib_host} port {ports} ({how}), client id {s.ib_client_id}")
+        fp = getattr(s, "key_fingerprint", "")
+        lines.append(f"Relay: {s.relay_url}" + (f" ({fp})" if fp else ""))
+        return lines
+
+    # --- lifetime ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until cancelled (or until a part fails unexpectedly, which is raised)."""
+        for line in self.banner():
+            log.info(line)
+        assert self.relay is not None
+        try:
+            await run_task_group({"tws-bridge": self.bridge.run(), "relay-client": self.relay.run()})
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Cancel market data and disconnect from TWS, within CLOSE_TIMEOUT. Safe while being cancelled."""
+        try:
+            await asyncio.wait_for(self.bridge.close(), CLOSE_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.warning("TWS did not disconnect within %.1f s; exiting anyway", CLOSE_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - shutting down: note it and go
+            log.debug("error while closing the TWS bridge", exc_info=True)
+        log.info("Agent stopped")
+
+
+async def run(settings: Any, **options: Any) -> None:
+    """The daemon (what ``ib_data_agent.py`` and ``--demo`` run): until cancelled."""
+    await Daemon(settings, **options).run()
+
+
+async def serve_until_signal(settings: Any, **options: Any) -> None:
+    """Run the daemon; SIGINT/SIGTERM cancel it (Windows: Ctrl+C arrives as KeyboardInterrupt instead)."""
+    import signal
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(run(settings, **options))
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, _stop, task, sig)
+            installed.append(sig)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _stop(task: asyncio.Task, sig: Any) -> None:
+    log.info("Stopping (%s)…", getattr(sig, "name", sig))
+    task.cancel()
+
