@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Callable, Coroutine
 
-from agent import VERSION, console
+from agent import VERSION
 from agent.dispatch import AgentContext, Dispatcher, agent_state, register_core
 from agent.pacer import Pacer
 from agent.protocol import boot_phase_frame
@@ -114,17 +114,11 @@ class Daemon:
             self.relay.push(frame)
 
     def _on_bridge_event(self, name: str, data: dict) -> None:
-        """The bridge's events: one console line per TWS state change, then on to the relay."""
+        """The bridge's events, on to the relay (the bridge prints its own console line per TWS state change)."""
         try:
-            if name == "tws_connected":
-                b = self.bridge
-                log.info(console.tws_connected(b.host, b.port, list(data.get("accounts") or b.accounts),
-                                               b.is_paper))
-                if not self._booted:
-                    self._booted = True
-                    self._push(boot_phase_frame("boot_complete", "connected to TWS", 1.0, time.time()))
-            elif name == "tws_lost":
-                log.warning(console.tws_lost())
+            if name == "tws_connected" and not self._booted:
+                self._booted = True
+                self._push(boot_phase_frame("boot_complete", "connected to TWS", 1.0, time.time()))
             if self.relay is not None:
                 self.relay.on_bridge_event(name, data)
         except Exception:  # noqa: BLE001 - an event must never break the bridge that reports it

@@ -247,9 +247,16 @@ async def ib_status(ctx: AgentContext, p: EmptyPayload) -> dict:
     }
 
 
+RECONNECT_WAIT = 20.0    # inside the dispatcher's 25 s deadline (the relay waits 30 s)
+
+
 async def ib_reconnect(ctx: AgentContext, p: ReconnectPayload) -> dict:
-    message = await ctx.bridge.reconnect(force=p.force)
-    return {"ok": True, "message": message}
+    """Reconnect now; answer within RECONNECT_WAIT whether or not TWS came back (the supervisor keeps trying)."""
+    try:
+        message = await asyncio.wait_for(ctx.bridge.reconnect(force=p.force), RECONNECT_WAIT)
+    except asyncio.TimeoutError:
+        message = f"{ctx.bridge.status_message} (still trying; the agent keeps reconnecting by itself)"
+    return {"ok": bool(ctx.bridge.connected), "message": message}
 
 
 def _contract_dict(c) -> dict:

@@ -74,10 +74,10 @@ async def test_get_positions_shape():
 
 
 async def test_ib_reconnect_calls_bridge():
-    """ib_reconnect passes force through to the bridge and answers ok with its message."""
+    """ib_reconnect passes force through to the bridge and answers its message, ok only when connected."""
     d = make(connected=False)
     r = await d.handle(req("ib_reconnect", {"force": True}))
-    assert r["data"] == {"ok": True, "message": "reconnecting to TWS"} and d.ctx.bridge.reconnects == [True]
+    assert r["data"] == {"ok": False, "message": "reconnecting to TWS"} and d.ctx.bridge.reconnects == [True]
 
 
 async def test_unknown_type():

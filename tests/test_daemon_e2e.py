@@ -1,0 +1,146 @@
+"""The daemon end to end: relay HTTP → relay → agent → (simulated) TWS and back; start-up, shutdown, main()."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import io
+import json
+import logging
+import sys
+import time
+
+import aiohttp
+import pytest
+
+import ib_data_agent
+from agent import console
+from agent.daemon import Daemon, run_task_group
+from agent.relay import Backoff
+from agent.settings import load_settings
+from sim.relay import ReferenceRelay
+
+KEY = "e2e-provider-key-0123456789abcdef"
+
+
+def fast_relay_options() -> dict:
+    return {"backoff": Backoff(initial=0.01, factor=2, cap=0.05, first=0.01), "heartbeat_interval": 0.05}
+
+
+async def http(relay: ReferenceRelay, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s:
+        async with s.request(method, relay.http_url + "/options/relay/" + path, json=body,
+                             timeout=aiohttp.ClientTimeout(total=30)) as r:
+            return r.status, await r.json()
+
+
+SHUTDOWN_LIMIT = 2.0     # the promise: Ctrl+C cancels market data, disconnects and exits within 2 s
+
+
+async def stop(task: asyncio.Task) -> None:
+    """Cancel the daemon task and wait for it to finish within the shutdown promise (TimeoutError if not)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, SHUTDOWN_LIMIT)
+    assert task.done()
+
+
+# --- pure / no-network -------------------------------------------------------------------------
+
+async def test_task_group_first_failure_cancels_the_rest():
+    """run_task_group raises the first failure (unwrapped) and cancels the other tasks."""
+    cancelled = asyncio.Event()
+
+    async def forever():
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    async def boom():
+        raise RuntimeError("part failed")
+    with pytest.raises(RuntimeError, match="part failed"):
+        await run_task_group({"a": forever(), "b": boom()})
+    assert cancelled.is_set()
+
+
+def test_main_version(capsys):
+    """--version prints the version and exits 0."""
+    assert ib_data_agent.main(["--version"]) == 0
+    assert "IB Data Agent 2." in capsys.readouterr().out
+
+
+def test_main_bad_config_exits_2_without_traceback(monkeypatch, tmp_path, capsys):
+    """A bad setting ends main() with exit code 2 and the ConfigError text, no traceback, nothing connected."""
+    import agent.settings as st
+    monkeypatch.setattr(st, "DEFAULT_CONFIG", tmp_path / "config.env")
+    (tmp_path / "config.env").write_text(f"IB_PROVIDER_KEY={KEY}\nIB_PORT=74970\n")
+    monkeypatch.delenv("IB_PROVIDER_KEY", raising=False)
+    monkeypatch.delenv("IB_PORT", raising=False)
+    assert ib_data_agent.main([]) == 2
+    err = capsys.readouterr().err
+    assert "IB_PORT" in err and "74970" in err and "Traceback" not in err and KEY not in err
+
+
+def test_main_missing_key_gives_download_guidance(monkeypatch, tmp_path, capsys):
+    """No config.env and no key: exit 2 with the README's download-a-fresh-copy guidance."""
+    import agent.settings as st
+    monkeypatch.setattr(st, "DEFAULT_CONFIG", tmp_path / "absent.env")
+    monkeypatch.delenv("IB_PROVIDER_KEY", raising=False)
+    assert ib_data_agent.main([]) == 2
+    assert "fresh copy of the agent" in capsys.readouterr().err
+
+
+# --- with the reference relay and a bridge whose TWS is down --------------------------------
+
+class DownBridge:
+    """A TWS bridge whose TWS never answers (the relay side must stay up regardless)."""
+
+    def __init__(self, settings, pacer, on_event=None, backoff=None):
+        self.connected = False
+        self.reconnecting = True
+        self.status_message = "TWS not reachable on port 7497"
+        self.host, self.port = "127.0.0.1", None
+        self.accounts: list[str] = []
+        self.is_paper = None
+        self.farm_status: dict = {}
+        self.data_available = False
+        self.read_only_session = None
+        self.last_connected = None
+        self.closed = False
+
+    async def run(self):
+        await asyncio.Event().wait()
+
+    async def close(self):
+        self.closed = True
+
+    async def reconnect(self, force=False):
+        return self.status_message
+
+
+async def test_relay_side_up_while_tws_down():
+    """With TWS down the agent still serves the relay: ib-status says so and data requests fail at once, in words."""
+    async with ReferenceRelay(api_key=KEY, port=0) as relay:
+        settings = load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": relay.ws_url})
+        d = Daemon(settings, bridge_factory=DownBridge, relay_options=fast_relay_options())
+        task = asyncio.create_task(d.run())
+        try:
+            await relay.wait_provider(5)
+            await relay.wait_frame(lambda f: f["type"] == "agent_state", 5)
+            status, body = await http(relay, "GET", "ib-status")
+            assert status == 200 and body["provider_connected"] is True and body["connected"] is False
+            status, body = await http(relay, "POST", "fetch-chain",
+                                      {"ticker": "AAPL", "dealPrice": 200, "expectedCloseDate": "2026-06-30"})
+            assert status == 500 and body["detail"].startswith("IB not connected")
+            status, body = await http(relay, "POST", "place-order", {"contract": {"symbol": "AAPL"},
+                                      "order": {"action": "BUY", "totalQuantity": 1, "orderType": "MKT"}})
+            assert status == 500 and "not available in this agent version" in body["detail"]
+        finally:
+            await stop(task)
+        assert d.bridge.closed
+
+
+# --- full stack: TWS simulator + real bridge + reference relay ------------------------------
+
