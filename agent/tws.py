@@ -1,0 +1,854 @@
+"""The TWS bridge: the ibapi client in its own thread, a request registry on the event loop, market-data
+lines, and a supervisor that keeps the connection up.
+
+Threads: each connection (``Session``, agent/tws_wrapper.py) has one thread that runs ibapi's connect and then
+its message loop. Callbacks cross into asyncio in one place (``Session.post`` → ``loop.call_soon_threadsafe``)
+and land in ``TwsBridge._deliver``; every future, registry entry and state attribute changes only on the loop.
+
+Requests: each has a registry entry keyed by reqId (registered before sending, removed in ``finally``), a finite
+timeout (``RequestTimeout``) and a typed error (``IBError``). A dropped connection fails everything pending at
+once with ``IBDisconnected``. Every message sent to TWS first awaits ``pacer.message()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from agent import tws_ticks as ticks
+from agent.errors import (ClientIdInUse, HandshakeTimeout, IBDisconnected, IBError, ReadOnlyAPI,
+                          RequestTimeout)
+from agent.pacer import Pacer
+from agent.tws_wrapper import (Session, from_ib_contract, from_ib_details, option_params_row, position_row,
+                               to_ib_contract)
+from agent.types import AccountPosition, Contract, ContractInfo, OptionParams, Quote
+
+log = logging.getLogger("agent.tws")
+
+CLIENT_ID_TRIES = 4          # 326: try clientId, clientId+1, ... this many in all
+CLOSE_CANCEL_BUDGET = 0.5    # close(): seconds allowed for polite cancelMktData before the socket goes
+MARKET_DATA_TYPE = 3         # delayed where there is no live permission, live where there is
+
+
+class Backoff:
+    """Reconnect delays the websockets way: random first delay, then growing by ``factor`` up to ``cap``."""
+
+    def __init__(self, initial: float = 1.0, factor: float = 1.6, cap: float = 30.0,
+                 rng: Callable[[], float] = random.random):
+        self.initial, self.factor, self.cap, self._rng = initial, factor, cap, rng
+        self._delay: float | None = None
+
+    def next(self) -> float:
+        if self._delay is None:
+            self._delay = self.initial
+            return self.initial * self._rng()       # spread the first retry of many agents
+        delay = self._delay
+        self._delay = min(self._delay * self.factor, self.cap)
+        return min(delay, self.cap)
+
+    def reset(self) -> None:
+        self._delay = None
+
+
+def accounts_are_paper(accounts: list[str]) -> bool | None:
+    """Paper accounts start with D (DU…, DF…); live ones with U or F. None when there is nothing to tell by."""
+    if not accounts:
+        return None
+    return all(a.upper().startswith("D") for a in accounts)
+
+
+def mismatch_message(port: int, accounts: list[str], mode: str) -> str:
+    kind = "paper" if accounts_are_paper(accounts) else "live"
+    acct = ", ".join(accounts)
+    return (f"TWS on port {port} is logged in to {kind} account {acct} but IB_MODE={mode} — "
+            f"log in to your {mode} account or set IB_MODE={kind}")
+
+
+@dataclass
+class _Pending:
+    kind: str
+    future: asyncio.Future
+    items: list = field(default_factory=list)
+
+
+class MarketDataLine:
+    """One streaming (or snapshot) market-data subscription. ``quote`` is updated on the loop by the bridge."""
+
+    def __init__(self, bridge: "TwsBridge", req_id: int, contract: Contract, generic_ticks: str, snapshot: bool,
+                 session_id: int):
+        self.contract = contract
+        self.quote = Quote()
+        self.closed = False
+        self.req_id = req_id
+        self.generic_ticks = generic_ticks
+        self.snapshot = snapshot
+        self.snapshot_done = False
+        self._bridge = bridge
+        self._session_id = session_id
+        self._changed = asyncio.Event()
+        self._closing: asyncio.Task | None = None
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    def _settled(self, predicate: Callable[[Quote], bool]) -> bool:
+        if self.quote.error_code is not None:
+            return True
+        try:
+            return bool(predicate(self.quote))
+        except Exception:       # noqa: BLE001 - a predicate that trips on a None field just isn't satisfied yet
+            return False
+
+    async def wait(self, predicate: Callable[[Quote], bool], timeout: float) -> bool:
+        """True when ``predicate(quote)`` holds or the line failed (quote.error_code set); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while True:
+            if self._settled(predicate):
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return self._settled(predicate)
+
+    def __repr__(self) -> str:
+        return f"<MarketDataLine {self.req_id} {self.contract.describe()} closed={self.closed}>"
+
+
+class TwsBridge:
+    """See docs/design.md "TWS bridge". Additions: ``ports`` (candidate ports for tests), ``connect()``
+    (one attempt without the supervisor), ``client_id`` (the clientId in use), ``stats()``."""
+
+    def __init__(self, settings: Any, pacer: Pacer, on_event: Callable[[str, dict], None] | None = None,
+                 backoff: Backoff | None = None, *, ports: list[int] | None = None):
+        self.settings = settings
+        self.pacer = pacer
+        self.on_event = on_event
+        self.backoff = backoff or Backoff()
+        self._ports = list(ports) if ports else None
+        # state read by ib_status / agent_state
+        self.connected = False
+        self.reconnecting = False
+        self.status_message = "Not connected to TWS yet"
+        self.host: str = getattr(settings, "ib_host", "127.0.0.1")
+        self.port: int | None = None
+        self.accounts: list[str] = []
+        self.is_paper: bool | None = None
+        self.farm_status: dict[str, bool] = {}
+        self.data_available = False
+        self.read_only_session: bool | None = None
+        self.last_connected: float | None = None
+        self.client_id: int | None = None
+        # loop-side machinery
+        self._session: Session | None = None
+        self._requests: dict[int, _Pending] = {}
+        self._lines: dict[int, MarketDataLine] = {}
+        self._next_req_id = 1
+        self._connected_evt: asyncio.Event | None = None
+        self._kick_evt: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._connect_lock: asyncio.Lock | None = None
+        self._singleton_locks: dict[str, asyncio.Lock] = {}
+        self._ever_connected = False
+        self._supervised = False
+        self._closing = False
+        self._stopped = False
+        self._skip_backoff = False
+        self._run_task: asyncio.Task | None = None
+        self.errors_seen: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _evt(self, name: str) -> asyncio.Event:
+        ev = getattr(self, name)
+        if ev is None:
+            ev = asyncio.Event()
+            setattr(self, name, ev)
+        return ev
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lk = self._singleton_locks.get(name)
+        if lk is None:
+            lk = self._singleton_locks[name] = asyncio.Lock()
+        return lk
+
+    def _emit(self, name: str, data: dict) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(name, data)
+        except Exception:       # noqa: BLE001 - a listener's bug must not break the bridge
+            log.exception("on_event(%s) failed", name)
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _new_req_id(self) -> int:
+        rid = self._next_req_id
+        self._next_req_id += 1
+        return rid
+
+    def _require(self) -> Session:
+        s = self._session
+        if s is None or not self.connected or s.lost:
+            raise IBDisconnected(f"Not connected to TWS: {self.status_message}")
+        return s
+
+    def _send(self, session: Session, what: str, fn: Callable, *args) -> None:
+        """Send one message now (the caller has awaited pacer.message()). Socket errors mean the link is gone."""
+        if session is not self._session or session.lost or not session.client.connected_now():
+            raise IBDisconnected(f"Connection to TWS lost before {what} could be sent")
+        try:
+            fn(*args)
+        except OSError as e:
+            self._on_lost(session, f"send failed: {e}")
+            raise IBDisconnected(f"Connection to TWS lost while sending {what}") from e
+
+    def stats(self) -> dict:
+        return {"pending_requests": len(self._requests), "open_lines": len(self._lines),
+                "client_id": self.client_id, "errors_seen": dict(self.errors_seen)}
+
+    # ------------------------------------------------------------------ the one landing place on the loop
+    def _deliver(self, session: Session, name: str, args: tuple) -> None:
+        try:
+            if name == "_handshake":
+                if not session.handshake.done():
+                    session.handshake.set_result(args[0])
+                return
+            if name in ("_ended", "connectionClosed"):
+                self._on_lost(session, "TWS closed the connection" if name == "connectionClosed" else "thread ended")
+                if name == "_ended" and not session.ended.done():
+                    session.ended.set_result(None)
+                return
+            if session is not self._session or session.lost:
+                return          # a late message from a connection we already gave up on
+            handler = getattr(self, "_on_" + name, None)
+            if handler is not None:
+                handler(session, *args)
+        except Exception:       # noqa: BLE001 - one bad callback must not stop the others
+            log.exception("handling %s from TWS failed", name)
+
+    # connection-level callbacks
+    def _on_managedAccounts(self, session: Session, accounts_list: str) -> None:
+        session.accounts = [a.strip() for a in (accounts_list or "").split(",") if a.strip()]
+        if not session.accounts_fut.done():
+            session.accounts_fut.set_result(session.accounts)
+
+    def _on_nextValidId(self, session: Session, order_id: int) -> None:
+        session.next_order_id = int(order_id)
+        if not session.next_id_fut.done():
+            session.next_id_fut.set_result(order_id)
+
+    def _on_error(self, session: Session, req_id: int, code: int, message: str) -> None:
+        code, req_id = int(code), int(req_id)
+        self.errors_seen[code] = self.errors_seen.get(code, 0) + 1
+        if code in ticks.INFO_CODES:
+            log.info("TWS %d: %s", code, message)
+            if code in ticks.FARM_OK or code in ticks.FARM_INACTIVE:
+                self.farm_status[ticks.farm_name(message)] = True
+            return
+        if code in ticks.FARM_DOWN:
+            log.warning("TWS %d: %s", code, message)
+            self.farm_status[ticks.farm_name(message)] = False
+            return
+        if code == ticks.CONNECTIVITY_LOST or code == ticks.SERVER_LINK_BROKEN:
+            log.warning("TWS %d: %s — market data unavailable until TWS reconnects to IB", code, message)
+            self.data_available = False
+            self.status_message = "TWS lost its connection to IB's servers (nightly reset?): waiting for it to return"
+            return
+        if code in (ticks.RESTORED_DATA_LOST, ticks.RESTORED_DATA_KEPT):
+            log.warning("TWS %d: %s", code, message)
+            self.data_available = True
+            self.status_message = self._connected_message()
+            if code == ticks.RESTORED_DATA_LOST:
+                # 1101: TWS dropped every subscription: ask for each open line again.
+                self._spawn(self._resubscribe(session), "tws-resubscribe")
+            self._emit("tws_reconnected", {"ts": time.time()})
+            return
+        if code == ticks.CLIENT_ID_IN_USE:
+            session.client_id_in_use = True
+            log.warning("TWS %d: %s", code, message)
+            for fut in (session.accounts_fut, session.next_id_fut):
+                if not fut.done():
+                    fut.set_exception(ClientIdInUse(f"clientId {session.client_id} is already in use (TWS error 326)"))
+            return
+        if code == ticks.READ_ONLY and "read-only" in (message or "").lower():
+            self.read_only_session = True
+        if code == ticks.PACING_VIOLATION:
+            log.error("TWS %d (pacing violation): %s — the pacer should have prevented this", code, message)
+        pend = self._requests.get(req_id)
+        if pend is not None:
+            if not pend.future.done():
+                err = (ReadOnlyAPI(req_id, message) if code == ticks.READ_ONLY and self.read_only_session
+                       else IBError(code, req_id, message))
+                pend.future.set_exception(err)
+            return
+        line = self._lines.get(req_id)
+        if line is not None:
+            if ticks.apply_error(line.quote, code, message):
+                log.info("market data %s: TWS %d %s", line.contract.describe(), code, message)
+            line._notify()
+            return
+        if code == ticks.CANCELLED_UNKNOWN_ID or code in ticks.MARKET_DATA_ADVISORY:
+            log.debug("TWS %d for reqId %d: %s", code, req_id, message)
+            return
+        log.warning("TWS %d (reqId %d): %s", code, req_id, message)
+
+    # market data callbacks
+    def _on_tickPrice(self, session: Session, req_id: int, tick: int, price: float) -> None:
+        line = self._lines.get(req_id)
+        if line is not None:
+            ticks.apply_price(line.quote, int(tick), price)
+            line._notify()
+
+    def _on_tickSize(self, session: Session, req_id: int, tick: int, size) -> None:
+        line = self._lines.get(req_id)
+        if line is not None:
+            ticks.apply_size(line.quote, int(tick), size, line.contract.right)
+            line._notify()
+
+    def _on_tickGeneric(self, session: Session, req_id: int, tick: int, value: float) -> None:
+        line = self._lines.get(req_id)
+        if line is not None:
+            ticks.apply_generic(line.quote, int(tick), value)
+            line._notify()
+
+    def _on_tickOptionComputation(self, session: Session, req_id: int, tick: int, args: tuple) -> None:
+        line = self._lines.get(req_id)
+        if line is None:
+            return
+        # v157 layout: tickAttrib, iv, delta, optPrice, pvDividend, gamma, vega, theta, undPrice
+        vals = list(args)
+        if len(vals) == 9:
+            vals = vals[1:]
+        iv, delta, opt_price, _pv_div, gamma, vega, theta, und = (vals + [None] * 8)[:8]
+        ticks.apply_option_computation(line.quote, int(tick), iv, delta, opt_price, gamma, vega, theta, und)
+        line._notify()
+
+    def _on_marketDataType(self, session: Session, req_id: int, data_type: int) -> None:
+        line = self._lines.get(req_id)
+        if line is not None:
+            ticks.apply_market_data_type(line.quote, int(data_type))
+            line._notify()
+
+    def _on_tickSnapshotEnd(self, session: Session, req_id: int) -> None:
+        line = self._lines.get(req_id)
+        if line is not None:
+            line.snapshot_done = True
+            line._notify()
+
+    # reference-data callbacks
+    def _on_contractDetails(self, session: Session, req_id: int, details) -> None:
+        pend = self._requests.get(req_id)
+        if pend is not None:
+            pend.items.append(from_ib_details(details))
+
+    def _on_contractDetailsEnd(self, session: Session, req_id: int) -> None:
+        self._finish(req_id)
+
+    def _on_securityDefinitionOptionParameter(self, session: Session, req_id: int, *row) -> None:
+        pend = self._requests.get(req_id)
+        if pend is not None:
+            pend.items.append(option_params_row(*row))
+
+    def _on_securityDefinitionOptionParameterEnd(self, session: Session, req_id: int) -> None:
+        self._finish(req_id)
+
+    def _on_currentTime(self, session: Session, t: int) -> None:
+        pend = self._requests.get(_CURRENT_TIME)
+        if pend is not None and not pend.future.done():
+            pend.future.set_result(int(t))
+
+    def _on_position(self, session: Session, account, contract, position, avg_cost) -> None:
+        pend = self._requests.get(_POSITIONS)
+        if pend is not None:
+            pend.items.append(position_row(account, contract, position, avg_cost))
+
+    def _on_positionEnd(self, session: Session) -> None:
+        self._finish(_POSITIONS)
+
+    def _on_orderStatus(self, session: Session, order_id, status, filled, remaining, avg_fill_price) -> None:
+        self._emit("order_status", {"orderId": int(order_id), "status": status, "filled": float(filled),
+                                    "remaining": float(remaining), "avgFillPrice": float(avg_fill_price),
+                                    "ts": time.time()})
+
+    def _on_execDetails(self, session: Session, req_id, contract, execution) -> None:
+        self._emit("execution", {"orderId": int(execution.orderId), "symbol": contract.symbol,
+                                 "side": execution.side, "shares": float(execution.shares),
+                                 "price": float(execution.price), "ts": time.time()})
+
+    def _finish(self, key: int) -> None:
+        pend = self._requests.get(key)
+        if pend is not None and not pend.future.done():
+            pend.future.set_result(list(pend.items))
+
+    # ------------------------------------------------------------------ loss
+    def _on_lost(self, session: Session, reason: str) -> None:
+        if session.lost:
+            return
+        session.lost = True
+        for fut in (session.handshake, session.accounts_fut, session.next_id_fut):
+            if not fut.done():
+                exc = (ClientIdInUse(f"clientId {session.client_id} is already in use (TWS error 326)")
+                       if session.client_id_in_use else IBDisconnected(f"TWS closed the connection ({reason})"))
+                if fut is session.handshake:
+                    fut.set_result(False)
+                else:
+                    fut.set_exception(exc)
+        try:
+            session.disconnect()
+        except Exception:       # noqa: BLE001
+            log.debug("disconnect after loss failed", exc_info=True)
+        if session is not self._session:
+            return
+        was_connected = self.connected
+        self.connected = False
+        self.data_available = False
+        self.farm_status = {}
+        if self._connected_evt is not None:
+            self._connected_evt.clear()
+        self._fail_all(IBDisconnected, f"Connection to TWS lost ({reason})")
+        if was_connected:
+            log.warning("Lost the connection to TWS on port %s (%s)", session.port, reason)
+            if not self._closing:
+                self.status_message = f"Lost the connection to TWS on port {session.port}; reconnecting"
+            self._emit("tws_lost", {})
+        if session.established and self._kick_evt is not None:
+            self._kick_evt.set()        # wake the supervisor
+
+    def _fail_all(self, exc_type, message: str) -> None:
+        """Fail every pending request at once and free every open line (TWS dropped them with the socket)."""
+        for pend in list(self._requests.values()):
+            if not pend.future.done():
+                pend.future.set_exception(exc_type(message))
+        lines = list(self._lines.values())
+        self._lines.clear()
+        for line in lines:
+            line.closed = True
+            if line.quote.error_code is None:
+                line.quote.error_code = 504      # IB's "Not connected"
+                line.quote.error = message
+            line._notify()
+        if lines:
+            self.pacer.release_lines(len(lines))
+
+    # ------------------------------------------------------------------ connecting
+    def _connected_message(self) -> str:
+        kind = {True: "paper", False: "live", None: "unknown"}[self.is_paper]
+        return f"Connected to TWS on port {self.port} ({kind} account {', '.join(self.accounts)})"
+
+    async def _open_session(self, host: str, port: int, client_id: int) -> Session:
+        """Handshake + managedAccounts (15) + nextValidId (9), each within connect_timeout."""
+        timeout = float(getattr(self.settings, "connect_timeout", 5.0))
+        loop = asyncio.get_running_loop()
+        # The API prefix + version and startApi go out inside ibapi's connect: count them with the pacer.
+        await self.pacer.message()
+        await self.pacer.message()
+        session = Session(loop, self._deliver, host, port, client_id)
+        self._session = session
+        session.start()
+        try:
+            try:
+                ok = await asyncio.wait_for(asyncio.shield(session.handshake), timeout)
+            except asyncio.TimeoutError:
+                raise HandshakeTimeout(
+                    f"Port {port} on {host} accepted the connection but never completed IB's API handshake within "
+                    f"{timeout:g} s — is something other than TWS/IB Gateway listening there, or is TWS stuck "
+                    f"on a dialog?") from None
+            if not ok:
+                raise IBDisconnected(f"Could not connect to TWS at {host}:{port} (connection refused or closed) — "
+                                     f"is TWS/IB Gateway running with the API enabled on that port?")
+            try:
+                await asyncio.wait_for(asyncio.gather(asyncio.shield(session.accounts_fut),
+                                                      asyncio.shield(session.next_id_fut)), timeout)
+            except asyncio.TimeoutError:
+                raise HandshakeTimeout(f"TWS on port {port} completed the handshake but did not send the account list "
+                                       f"and next order id within {timeout:g} s") from None
+            return session
+        except BaseException:
+            self._abandon(session)
+            raise
+
+    def _abandon(self, session: Session) -> None:
+        """Give up on a session without treating it as the loss of an established connection."""
+        was_current = session is self._session
+        if was_current:
+            self._session = None
+        if not session.lost:
+            session.lost = True
+            session.disconnect()
+        for fut in (session.accounts_fut, session.next_id_fut):
+            if fut.done() and not fut.cancelled():
+                fut.exception()         # mark retrieved: no "exception never retrieved" noise
+            elif not fut.done():
+                fut.cancel()
+
+    async def _open_with_client_ids(self, host: str, port: int) -> Session:
+        base = int(getattr(self.settings, "ib_client_id", 17))
+        last: ClientIdInUse | None = None
+        for i in range(CLIENT_ID_TRIES):
+            cid = base + i
+            try:
+                session = await self._open_session(host, port, cid)
+            except ClientIdInUse as e:
+                last = e
+                nxt = f"trying clientId {cid + 1}" if i + 1 < CLIENT_ID_TRIES else "giving up for now"
+                self.status_message = (f"clientId {cid} is in use on port {port} (TWS error 326: another program, "
+                                       f"or our previous session TWS has not released yet) — {nxt}")
+                log.warning(self.status_message)
+                continue
+            if i:
+                log.warning("Connected with clientId %d because clientId %d was in use (TWS error 326)", cid, base)
+            return session
+        raise ClientIdInUse(f"clientIds {base}..{base + CLIENT_ID_TRIES - 1} are all in use on port {port} "
+                            f"(TWS error 326) — close other API programs or set IB_CLIENT_ID") from last
+
+    async def connect(self) -> None:
+        """One attempt over the candidate ports. Raises IBDisconnected (or a subclass) when none will do."""
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self.connected and self._session is not None and not self._session.lost:
+                return
+            await self._connect_unlocked()
+
+    async def _connect_unlocked(self) -> None:
+        host = getattr(self.settings, "ib_host", "127.0.0.1")
+        mode = getattr(self.settings, "ib_mode", "paper")
+        explicit = getattr(self.settings, "ib_port", None) is not None
+        ports = self._ports or list(self.settings.candidate_ports())
+        problems: list[IBDisconnected] = []
+        mismatches: list[str] = []
+        for port in ports:
+            try:
+                session = await self._open_with_client_ids(host, port)
+            except IBDisconnected as e:
+                log.info("port %d: %s", port, e)
+                problems.append(e)
+                continue
+            paper = accounts_are_paper(session.accounts)
+            matches = paper is None or paper == (mode == "paper")
+            if not matches:
+                msg = mismatch_message(port, session.accounts, mode)
+                log.warning(msg)
+                if not explicit:
+                    mismatches.append(msg)
+                    self._abandon(session)
+                    continue
+                # IB_PORT was set: the user chose this TWS. Connect, but keep saying what is wrong.
+            await self._established(session, host, port, paper, None if matches else msg)
+            return
+        if mismatches:
+            self.status_message = mismatches[0]
+            raise IBDisconnected(mismatches[0])
+        if len(problems) == 1:
+            self.status_message = str(problems[0])
+        else:
+            self.status_message = (f"Could not connect to TWS/IB Gateway at {host} on ports "
+                                   f"{', '.join(map(str, ports))} — start TWS (or IB Gateway), enable the API "
+                                   f"(Global Configuration → API → Settings) and check the port")
+        for kind in (HandshakeTimeout, ClientIdInUse):
+            if problems and all(isinstance(p, kind) for p in problems):
+                raise kind(self.status_message)
+        raise IBDisconnected(self.status_message)
+
+    async def _established(self, session: Session, host: str, port: int, paper: bool | None,
+                           warning: str | None) -> None:
+        self.host, self.port, self.client_id = host, port, session.client_id
+        self.accounts = list(session.accounts)
+        self.is_paper = paper
+        self.read_only_session = None
+        self.data_available = True
+        session.established = True
+        self.connected = True
+        reconnect = self._ever_connected
+        self._ever_connected = True
+        self.last_connected = time.time()
+        self.status_message = self._connected_message() + (f" — {warning}" if warning else "")
+        log.info(self.status_message)
+        self._evt("_connected_evt").set()
+        try:
+            await self.pacer.message()
+            self._send(session, "reqMarketDataType", session.client.reqMarketDataType, MARKET_DATA_TYPE)
+        except IBDisconnected:
+            raise
+        self._emit("tws_connected", {"accounts": list(self.accounts)})
+        if reconnect:
+            self._emit("tws_reconnected", {"ts": time.time()})
+
+    async def _resubscribe(self, session: Session) -> None:
+        """After 1101 (data lost) re-request every open line with its own reqId."""
+        for line in list(self._lines.values()):
+            if line.closed or line._closing is not None:
+                continue
+            try:
+                await self.pacer.message()
+                if line.req_id not in self._lines or line._closing is not None:
+                    continue
+                self._send(session, "reqMktData", session.client.reqMktData, line.req_id,
+                           to_ib_contract(line.contract), line.generic_ticks, line.snapshot, False, [])
+            except IBDisconnected:
+                return
+        log.info("re-requested %d market data lines after TWS error 1101", len(self._lines))
+
+    # ------------------------------------------------------------------ supervisor
+    async def run(self) -> None:
+        """Connect, then stay connected: reconnect with backoff whenever the link goes. Cancel to stop."""
+        self._supervised = True
+        self._stopped = False
+        self._run_task = asyncio.current_task()
+        kick = self._evt("_kick_evt")
+        try:
+            while not self._stopped:
+                try:
+                    await self.connect()
+                except IBDisconnected as e:
+                    self.reconnecting = True
+                    delay = self.backoff.next()
+                    log.info("TWS not available (%s); retrying in %.2f s", e, delay)
+                    await self._sleep_or_kick(delay)
+                    continue
+                self.reconnecting = False
+                self.backoff.reset()
+                session = self._session
+                # Wait for the loss (TWS exited, restarted, socket died) or a forced reconnect.
+                while session is not None and not session.lost and self._session is session:
+                    kick.clear()
+                    await kick.wait()
+                if self._stopped:
+                    break
+                self.reconnecting = True
+                delay = self.backoff.next()     # random first delay: many agents don't all retry at once
+                log.info("reconnecting to TWS in %.2f s", delay)
+                await self._sleep_or_kick(delay)
+        finally:
+            self._supervised = False
+            self._run_task = None
+            self.reconnecting = False
+            await self._shutdown()
+
+    async def _sleep_or_kick(self, delay: float) -> None:
+        """Sleep ``delay`` unless reconnect() asks to go now."""
+        kick = self._evt("_kick_evt")
+        kick.clear()
+        if self._skip_backoff:
+            self._skip_backoff = False
+            return
+        try:
+            await asyncio.wait_for(kick.wait(), max(0.0, delay))
+        except asyncio.TimeoutError:
+            pass
+        self._skip_backoff = False
+        kick.clear()
+
+    async def wait_connected(self, timeout: float) -> None:
+        if self.connected:
+            return
+        try:
+            await asyncio.wait_for(self._evt("_connected_evt").wait(), timeout)
+        except asyncio.TimeoutError:
+            raise IBDisconnected(f"Not connected to TWS: {self.status_message}") from None
+
+    async def reconnect(self, force: bool = False) -> str:
+        """Reconnect now (``force``: even when connected). Returns the status message."""
+        if self.connected and not force:
+            return f"Already connected: {self.status_message}"
+        if force and self._session is not None:
+            self._drop_current("reconnect requested")
+        if self._supervised:
+            self._skip_backoff = True
+            self._evt("_kick_evt").set()      # wake the supervisor, skip the backoff wait
+            per_port = float(getattr(self.settings, "connect_timeout", 5.0)) * 2 + 1
+            ports = self._ports or list(self.settings.candidate_ports())
+            try:
+                await self.wait_connected(per_port * len(ports))
+            except IBDisconnected:
+                pass
+            return self.status_message
+        try:
+            await self.connect()
+        except IBDisconnected:
+            pass
+        return self.status_message
+
+    def _drop_current(self, reason: str) -> None:
+        session = self._session
+        if session is not None:
+            self._on_lost(session, reason)
+
+    async def close(self) -> None:
+        """Cancel open lines (briefly), then disconnect and stop the supervisor. Done within about a second."""
+        self._stopped = True
+        run_task = self._run_task
+        await self._shutdown()
+        if run_task is not None and run_task is not asyncio.current_task() and not run_task.done():
+            run_task.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(run_task), 1.0)
+            except (asyncio.CancelledError, asyncio.TimeoutError):
+                pass
+            except Exception:       # noqa: BLE001
+                log.debug("supervisor ended with an error", exc_info=True)
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        try:
+            session = self._session
+            if session is not None and not session.lost and self._lines:
+                try:
+                    await asyncio.wait_for(self._cancel_all_lines(session), CLOSE_CANCEL_BUDGET)
+                except (asyncio.TimeoutError, IBDisconnected):
+                    pass    # TWS drops a client's subscriptions with its socket anyway
+            if session is not None:
+                self._on_lost(session, "closed by the agent")
+                self._session = None
+                try:
+                    await asyncio.wait_for(asyncio.shield(session.ended), 1.0)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    pass
+            self.connected = False
+            self.status_message = "Disconnected from TWS (agent stopped)"
+            for t in list(self._tasks):
+                t.cancel()
+        finally:
+            self._closing = False
+
+    async def _cancel_all_lines(self, session: Session) -> None:
+        for line in list(self._lines.values()):
+            await self.close_market_data(line)
+
+    # ------------------------------------------------------------------ requests
+    async def _request(self, key: int, kind: str, send: Callable[[Session, int], None], timeout: float,
+                       what: str) -> Any:
+        session = self._require()
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        if key in self._requests:
+            raise RuntimeError(f"request key {key} already in flight")
+        self._requests[key] = _Pending(kind, fut)
+        try:
+            await self.pacer.message()
+            send(session, key)
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except asyncio.TimeoutError:
+                raise RequestTimeout(f"TWS did not answer the {what} within {timeout:g} s") from None
+        finally:
+            self._requests.pop(key, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()
+            else:
+                fut.cancel()
+
+    async def contract_details(self, contract: Contract, timeout: float = 10.0) -> list[ContractInfo]:
+        rid = self._new_req_id()
+        what = f"contract details request for {contract.describe()}"
+
+        def send(s: Session, key: int) -> None:
+            self._send(s, "reqContractDetails", s.client.reqContractDetails, key, to_ib_contract(contract))
+
+        out = await self._request(rid, "contract_details", send, timeout, what)
+        if not out:
+            raise IBError(200, rid, f"No security definition has been found for {contract.describe()}")
+        return out
+
+    async def option_params(self, symbol: str, con_id: int, sec_type: str = "STK",
+                            timeout: float = 10.0) -> list[OptionParams]:
+        rid = self._new_req_id()
+
+        def send(s: Session, key: int) -> None:
+            self._send(s, "reqSecDefOptParams", s.client.reqSecDefOptParams, key, symbol, "", sec_type, int(con_id))
+
+        out = await self._request(rid, "option_params", send, timeout, f"option parameters request for {symbol}")
+        if not out:
+            raise IBError(200, rid, f"No option parameters for {symbol} (conId {con_id})")
+        return out
+
+    async def current_time(self, timeout: float = 5.0) -> int:
+        async with self._lock("current_time"):
+            def send(s: Session, key: int) -> None:
+                self._send(s, "reqCurrentTime", s.client.reqCurrentTime)
+            return await self._request(_CURRENT_TIME, "current_time", send, timeout, "current time request")
+
+    async def positions(self, timeout: float = 15.0) -> list[AccountPosition]:
+        async with self._lock("positions"):
+            def send(s: Session, key: int) -> None:
+                self._send(s, "reqPositions", s.client.reqPositions)
+            try:
+                return await self._request(_POSITIONS, "positions", send, timeout, "positions request")
+            finally:
+                # reqPositions keeps streaming updates until cancelled.
+                session = self._session
+                if session is not None and self.connected and not session.lost:
+                    try:
+                        await self.pacer.message()
+                        self._send(session, "cancelPositions", session.client.cancelPositions)
+                    except (IBDisconnected, asyncio.CancelledError):
+                        pass
+
+    # ------------------------------------------------------------------ market data
+    async def open_market_data(self, contract: Contract, generic_ticks: str = "",
+                               snapshot: bool = False) -> MarketDataLine:
+        """Start a line for ``contract``. The caller holds a line from pacer.acquire_lines(); this consumes it
+        (close_market_data or a lost connection gives it back). If this raises, the line was never opened and
+        the caller still holds the reserved line."""
+        self._require()
+        ib_contract = to_ib_contract(contract)
+        await self.pacer.message()
+        session = self._require()
+        rid = self._new_req_id()
+        line = MarketDataLine(self, rid, contract, generic_ticks, snapshot, session.id)
+        # No await between the send and the registration, and callbacks reach the loop only through
+        # call_soon_threadsafe, so no tick can arrive before the line is registered. Registering only after a
+        # successful send keeps the rule simple: if this raises, the caller still holds its reserved line.
+        self._send(session, "reqMktData", session.client.reqMktData, rid, ib_contract, generic_ticks, snapshot,
+                   False, [])
+        self._lines[rid] = line
+        return line
+
+    async def close_market_data(self, line: MarketDataLine) -> None:
+        """cancelMktData (paced), then the line goes back to the pacer. Idempotent; never raises (except the
+        caller's own cancellation); the cancel completes in a bridge-owned task even if the caller is cancelled."""
+        try:
+            if line._closing is None:
+                line._closing = self._spawn(self._cancel_line(line), f"cancel-mkt-{line.req_id}")
+            await asyncio.shield(line._closing)
+        except asyncio.CancelledError:
+            raise
+        except Exception:       # noqa: BLE001
+            log.exception("closing market data line %s failed", line)
+
+    async def _cancel_line(self, line: MarketDataLine) -> None:
+        try:
+            session = self._session
+            if (line.req_id in self._lines and session is not None and session.id == line._session_id
+                    and not session.lost and not line.snapshot_done):
+                await self.pacer.message()
+                if line.req_id in self._lines and not session.lost:
+                    try:
+                        self._send(session, "cancelMktData", session.client.cancelMktData, line.req_id)
+                    except IBDisconnected:
+                        pass
+        finally:
+            line.closed = True
+            if self._lines.pop(line.req_id, None) is not None:
+                self.pacer.release_lines(1)     # only now: a new reqMktData can't overtake the cancel (101)
+            line._notify()
+
+    @property
+    def open_lines(self) -> int:
+        return len(self._lines)
+
+
+# registry keys for the requests TWS answers without a reqId (never valid reqIds: those start at 1)
+_CURRENT_TIME = -101
+_POSITIONS = -102
