@@ -52,6 +52,11 @@ async def run_task_group(coros: dict[str, Coroutine[Any, Any, Any]]) -> None:
             err = first_error(e)
             raise err from (e if err is not e else None)
         return
+    await _task_group_310(coros)
+
+
+async def _task_group_310(coros: dict[str, Coroutine[Any, Any, Any]]) -> None:
+    """The 3.10 fallback of run_task_group (tested on every version)."""
     tasks = [asyncio.ensure_future(coro) for coro in coros.values()]
     for t, name in zip(tasks, coros):
         t.set_name(name)

@@ -16,7 +16,7 @@ import pytest
 
 import ib_data_agent
 from agent import console
-from agent.daemon import Daemon, run_task_group
+from agent.daemon import Daemon, _task_group_310, run_task_group
 from agent.relay import Backoff
 from agent.settings import load_settings
 from sim.relay import ReferenceRelay
@@ -48,8 +48,9 @@ async def stop(task: asyncio.Task) -> None:
 
 # --- pure / no-network -------------------------------------------------------------------------
 
-async def test_task_group_first_failure_cancels_the_rest():
-    """run_task_group raises the first failure (unwrapped) and cancels the other tasks."""
+@pytest.mark.parametrize("group", [run_task_group, _task_group_310], ids=["native", "py310-fallback"])
+async def test_task_group_first_failure_cancels_the_rest(group):
+    """The task group (and its 3.10 fallback) raises the first failure, unwrapped, and cancels the other tasks."""
     cancelled = asyncio.Event()
 
     async def forever():
@@ -61,8 +62,27 @@ async def test_task_group_first_failure_cancels_the_rest():
     async def boom():
         raise RuntimeError("part failed")
     with pytest.raises(RuntimeError, match="part failed"):
-        await run_task_group({"a": forever(), "b": boom()})
+        await group({"a": forever(), "b": boom()})
     assert cancelled.is_set()
+
+
+@pytest.mark.parametrize("group", [run_task_group, _task_group_310], ids=["native", "py310-fallback"])
+async def test_task_group_cancel_cancels_children(group):
+    """Cancelling the task group's owner cancels every child task and waits for them."""
+    stopped, started = [], {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    async def forever(name):
+        started[name].set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.append(name)
+    owner = asyncio.create_task(group({"a": forever("a"), "b": forever("b")}))
+    await asyncio.wait_for(asyncio.gather(started["a"].wait(), started["b"].wait()), 5)
+    owner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await owner
+    assert sorted(stopped) == ["a", "b"]
 
 
 def test_main_version(capsys):
