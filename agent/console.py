@@ -57,13 +57,37 @@ class RedactingFilter(logging.Filter):
 
 
 class ConsoleFormatter(logging.Formatter):
-    """``HH:MM:SS message`` — never a traceback; warnings and errors say so in front."""
+    """``HH:MM:SS message`` on one line — never a traceback; warnings and errors say so in front."""
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         prefix = {logging.WARNING: "WARNING: ", logging.ERROR: "ERROR: ", logging.CRITICAL: "ERROR: "}.get(
             record.levelno, "")
-        return f"{stamp} {prefix}{record.getMessage()}"
+        text = " ".join(record.getMessage().split())     # IB's multi-line texts (e.g. error 502) on one line
+        return f"{stamp} {prefix}{text}"
+
+
+class RepeatFilter(logging.Filter):
+    """Console only: the same sentence again within ``window`` seconds is not shown again (the file keeps it).
+
+    A retry loop says the same thing every few seconds while TWS is closed; the trader needs it once.
+    """
+
+    def __init__(self, window: float = 60.0, clock=time.monotonic):
+        super().__init__()
+        self.window, self.clock = window, clock
+        self._seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self.clock()
+        key = f"{record.levelno}:{record.getMessage()}"
+        last = self._seen.get(key)
+        if last is not None and now - last < self.window:
+            return False
+        if len(self._seen) > 500:
+            self._seen = {k: t for k, t in self._seen.items() if now - t < self.window}
+        self._seen[key] = now
+        return True
 
 
 FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -91,6 +115,7 @@ def setup_logging(log_dir: Path | str, secrets: Iterable[str] = (), *, level: st
     console.setLevel(getattr(logging, level.upper(), logging.INFO))
     console.setFormatter(ConsoleFormatter())
     console.addFilter(RedactingFilter(secrets))
+    console.addFilter(RepeatFilter())
     setattr(console, _HANDLER_TAG, True)
     root.addHandler(console)
 

@@ -73,3 +73,26 @@ def test_state_sentences():
     assert "LIVE" in console.tws_connected("h", 1, ["U1"], False)
     assert console.served("fetch_chain", 812.4) == "request fetch_chain served in 812 ms"
     assert "retrying in 5 s" in console.tws_lost(5)
+
+
+def test_console_one_line_and_repeats_suppressed(logs):
+    """Multi-line texts print on one console line; the same sentence again soon is shown once (file keeps all)."""
+    stream, path = logs
+    log = logging.getLogger("agent.r")
+    for _ in range(3):
+        log.warning("TWS 502: Couldn't connect\nto TWS.\n  Check the port")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    out = stream.getvalue().splitlines()
+    assert len(out) == 1 and out[0].endswith("WARNING: TWS 502: Couldn't connect to TWS. Check the port")
+    assert path.read_text().count("Couldn't connect") == 3
+
+
+def test_repeat_filter_window():
+    """RepeatFilter shows a sentence again once its window has passed."""
+    now = [0.0]
+    f = console.RepeatFilter(window=60, clock=lambda: now[0])
+    rec = logging.LogRecord("agent", logging.INFO, "", 0, "same", None, None)
+    assert f.filter(rec) and not f.filter(rec)
+    now[0] = 61.0
+    assert f.filter(rec)
