@@ -14,58 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agent import tws_ticks as ticks
-from agent.errors import (ClientIdInUse, HandshakeTimeout, IBDisconnected, IBError, ReadOnlyAPI,
-                          RequestTimeout)
+from agent.errors import ClientIdInUse, HandshakeTimeout, IBDisconnected, IBError, RequestTimeout
 from agent.pacer import Pacer
-from agent.tws_wrapper import (Session, from_ib_contract, from_ib_details, option_params_row, position_row,
-                               to_ib_contract)
-from agent.types import AccountPosition, Contract, ContractInfo, OptionParams, Quote
+from agent.tws_callbacks import CURRENT_TIME_KEY, POSITIONS_KEY, TwsCallbacks
+from agent.tws_connect import Backoff, accounts_are_paper, mismatch_message
+from agent.tws_lines import MarketDataLine
+from agent.tws_wrapper import Session, to_ib_contract
+from agent.types import AccountPosition, Contract, ContractInfo, OptionParams
+
+__all__ = ["Backoff", "MarketDataLine", "TwsBridge", "accounts_are_paper", "mismatch_message"]
 
 log = logging.getLogger("agent.tws")
 
 CLIENT_ID_TRIES = 4          # 326: try clientId, clientId+1, ... this many in all
 CLOSE_CANCEL_BUDGET = 0.5    # close(): seconds allowed for polite cancelMktData before the socket goes
 MARKET_DATA_TYPE = 3         # delayed where there is no live permission, live where there is
-
-
-class Backoff:
-    """Reconnect delays the websockets way: random first delay, then growing by ``factor`` up to ``cap``."""
-
-    def __init__(self, initial: float = 1.0, factor: float = 1.6, cap: float = 30.0,
-                 rng: Callable[[], float] = random.random):
-        self.initial, self.factor, self.cap, self._rng = initial, factor, cap, rng
-        self._delay: float | None = None
-
-    def next(self) -> float:
-        if self._delay is None:
-            self._delay = self.initial
-            return self.initial * self._rng()       # spread the first retry of many agents
-        delay = self._delay
-        self._delay = min(self._delay * self.factor, self.cap)
-        return min(delay, self.cap)
-
-    def reset(self) -> None:
-        self._delay = None
-
-
-def accounts_are_paper(accounts: list[str]) -> bool | None:
-    """Paper accounts start with D (DU…, DF…); live ones with U or F. None when there is nothing to tell by."""
-    if not accounts:
-        return None
-    return all(a.upper().startswith("D") for a in accounts)
-
-
-def mismatch_message(port: int, accounts: list[str], mode: str) -> str:
-    kind = "paper" if accounts_are_paper(accounts) else "live"
-    acct = ", ".join(accounts)
-    return (f"TWS on port {port} is logged in to {kind} account {acct} but IB_MODE={mode} — "
-            f"log in to your {mode} account or set IB_MODE={kind}")
 
 
 @dataclass
@@ -75,55 +42,8 @@ class _Pending:
     items: list = field(default_factory=list)
 
 
-class MarketDataLine:
-    """One streaming (or snapshot) market-data subscription. ``quote`` is updated on the loop by the bridge."""
 
-    def __init__(self, bridge: "TwsBridge", req_id: int, contract: Contract, generic_ticks: str, snapshot: bool,
-                 session_id: int):
-        self.contract = contract
-        self.quote = Quote()
-        self.closed = False
-        self.req_id = req_id
-        self.generic_ticks = generic_ticks
-        self.snapshot = snapshot
-        self.snapshot_done = False
-        self._bridge = bridge
-        self._session_id = session_id
-        self._changed = asyncio.Event()
-        self._closing: asyncio.Task | None = None
-
-    def _notify(self) -> None:
-        self._changed.set()
-
-    def _settled(self, predicate: Callable[[Quote], bool]) -> bool:
-        if self.quote.error_code is not None:
-            return True
-        try:
-            return bool(predicate(self.quote))
-        except Exception:       # noqa: BLE001 - a predicate that trips on a None field just isn't satisfied yet
-            return False
-
-    async def wait(self, predicate: Callable[[Quote], bool], timeout: float) -> bool:
-        """True when ``predicate(quote)`` holds or the line failed (quote.error_code set); False on timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, timeout)
-        while True:
-            if self._settled(predicate):
-                return True
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                return self._settled(predicate)
-
-    def __repr__(self) -> str:
-        return f"<MarketDataLine {self.req_id} {self.contract.describe()} closed={self.closed}>"
-
-
-class TwsBridge:
+class TwsBridge(TwsCallbacks):
     """See docs/design.md "TWS bridge". Additions: ``ports`` (candidate ports for tests), ``connect()``
     (one attempt without the supervisor), ``client_id`` (the clientId in use), ``stats()``."""
 
@@ -217,230 +137,6 @@ class TwsBridge:
     def stats(self) -> dict:
         return {"pending_requests": len(self._requests), "open_lines": len(self._lines),
                 "client_id": self.client_id, "errors_seen": dict(self.errors_seen)}
-
-    # ------------------------------------------------------------------ the one landing place on the loop
-    def _deliver(self, session: Session, name: str, args: tuple) -> None:
-        try:
-            if name == "_handshake":
-                if not session.handshake.done():
-                    session.handshake.set_result(args[0])
-                return
-            if name in ("_ended", "connectionClosed"):
-                self._on_lost(session, "TWS closed the connection" if name == "connectionClosed" else "thread ended")
-                if name == "_ended" and not session.ended.done():
-                    session.ended.set_result(None)
-                return
-            if session is not self._session or session.lost:
-                return          # a late message from a connection we already gave up on
-            handler = getattr(self, "_on_" + name, None)
-            if handler is not None:
-                handler(session, *args)
-        except Exception:       # noqa: BLE001 - one bad callback must not stop the others
-            log.exception("handling %s from TWS failed", name)
-
-    # connection-level callbacks
-    def _on_managedAccounts(self, session: Session, accounts_list: str) -> None:
-        session.accounts = [a.strip() for a in (accounts_list or "").split(",") if a.strip()]
-        if not session.accounts_fut.done():
-            session.accounts_fut.set_result(session.accounts)
-
-    def _on_nextValidId(self, session: Session, order_id: int) -> None:
-        session.next_order_id = int(order_id)
-        if not session.next_id_fut.done():
-            session.next_id_fut.set_result(order_id)
-
-    def _on_error(self, session: Session, req_id: int, code: int, message: str) -> None:
-        code, req_id = int(code), int(req_id)
-        self.errors_seen[code] = self.errors_seen.get(code, 0) + 1
-        if code in ticks.INFO_CODES:
-            log.info("TWS %d: %s", code, message)
-            if code in ticks.FARM_OK or code in ticks.FARM_INACTIVE:
-                self.farm_status[ticks.farm_name(message)] = True
-            return
-        if code in ticks.FARM_DOWN:
-            log.warning("TWS %d: %s", code, message)
-            self.farm_status[ticks.farm_name(message)] = False
-            return
-        if code == ticks.CONNECTIVITY_LOST or code == ticks.SERVER_LINK_BROKEN:
-            log.warning("TWS %d: %s — market data unavailable until TWS reconnects to IB", code, message)
-            self.data_available = False
-            self.status_message = "TWS lost its connection to IB's servers (nightly reset?): waiting for it to return"
-            return
-        if code in (ticks.RESTORED_DATA_LOST, ticks.RESTORED_DATA_KEPT):
-            log.warning("TWS %d: %s", code, message)
-            self.data_available = True
-            self.status_message = self._connected_message()
-            if code == ticks.RESTORED_DATA_LOST:
-                # 1101: TWS dropped every subscription: ask for each open line again.
-                self._spawn(self._resubscribe(session), "tws-resubscribe")
-            self._emit("tws_reconnected", {"ts": time.time()})
-            return
-        if code == ticks.CLIENT_ID_IN_USE:
-            session.client_id_in_use = True
-            log.warning("TWS %d: %s", code, message)
-            for fut in (session.accounts_fut, session.next_id_fut):
-                if not fut.done():
-                    fut.set_exception(ClientIdInUse(f"clientId {session.client_id} is already in use (TWS error 326)"))
-            return
-        if code == ticks.READ_ONLY and "read-only" in (message or "").lower():
-            self.read_only_session = True
-        if code == ticks.PACING_VIOLATION:
-            log.error("TWS %d (pacing violation): %s — the pacer should have prevented this", code, message)
-        pend = self._requests.get(req_id)
-        if pend is not None:
-            if not pend.future.done():
-                err = (ReadOnlyAPI(req_id, message) if code == ticks.READ_ONLY and self.read_only_session
-                       else IBError(code, req_id, message))
-                pend.future.set_exception(err)
-            return
-        line = self._lines.get(req_id)
-        if line is not None:
-            if ticks.apply_error(line.quote, code, message):
-                log.info("market data %s: TWS %d %s", line.contract.describe(), code, message)
-            line._notify()
-            return
-        if code == ticks.CANCELLED_UNKNOWN_ID or code in ticks.MARKET_DATA_ADVISORY:
-            log.debug("TWS %d for reqId %d: %s", code, req_id, message)
-            return
-        log.warning("TWS %d (reqId %d): %s", code, req_id, message)
-
-    # market data callbacks
-    def _on_tickPrice(self, session: Session, req_id: int, tick: int, price: float) -> None:
-        line = self._lines.get(req_id)
-        if line is not None:
-            ticks.apply_price(line.quote, int(tick), price)
-            line._notify()
-
-    def _on_tickSize(self, session: Session, req_id: int, tick: int, size) -> None:
-        line = self._lines.get(req_id)
-        if line is not None:
-            ticks.apply_size(line.quote, int(tick), size, line.contract.right)
-            line._notify()
-
-    def _on_tickGeneric(self, session: Session, req_id: int, tick: int, value: float) -> None:
-        line = self._lines.get(req_id)
-        if line is not None:
-            ticks.apply_generic(line.quote, int(tick), value)
-            line._notify()
-
-    def _on_tickOptionComputation(self, session: Session, req_id: int, tick: int, args: tuple) -> None:
-        line = self._lines.get(req_id)
-        if line is None:
-            return
-        # v157 layout: tickAttrib, iv, delta, optPrice, pvDividend, gamma, vega, theta, undPrice
-        vals = list(args)
-        if len(vals) == 9:
-            vals = vals[1:]
-        iv, delta, opt_price, _pv_div, gamma, vega, theta, und = (vals + [None] * 8)[:8]
-        ticks.apply_option_computation(line.quote, int(tick), iv, delta, opt_price, gamma, vega, theta, und)
-        line._notify()
-
-    def _on_marketDataType(self, session: Session, req_id: int, data_type: int) -> None:
-        line = self._lines.get(req_id)
-        if line is not None:
-            ticks.apply_market_data_type(line.quote, int(data_type))
-            line._notify()
-
-    def _on_tickSnapshotEnd(self, session: Session, req_id: int) -> None:
-        line = self._lines.get(req_id)
-        if line is not None:
-            line.snapshot_done = True
-            line._notify()
-
-    # reference-data callbacks
-    def _on_contractDetails(self, session: Session, req_id: int, details) -> None:
-        pend = self._requests.get(req_id)
-        if pend is not None:
-            pend.items.append(from_ib_details(details))
-
-    def _on_contractDetailsEnd(self, session: Session, req_id: int) -> None:
-        self._finish(req_id)
-
-    def _on_securityDefinitionOptionParameter(self, session: Session, req_id: int, *row) -> None:
-        pend = self._requests.get(req_id)
-        if pend is not None:
-            pend.items.append(option_params_row(*row))
-
-    def _on_securityDefinitionOptionParameterEnd(self, session: Session, req_id: int) -> None:
-        self._finish(req_id)
-
-    def _on_currentTime(self, session: Session, t: int) -> None:
-        pend = self._requests.get(_CURRENT_TIME)
-        if pend is not None and not pend.future.done():
-            pend.future.set_result(int(t))
-
-    def _on_position(self, session: Session, account, contract, position, avg_cost) -> None:
-        pend = self._requests.get(_POSITIONS)
-        if pend is not None:
-            pend.items.append(position_row(account, contract, position, avg_cost))
-
-    def _on_positionEnd(self, session: Session) -> None:
-        self._finish(_POSITIONS)
-
-    def _on_orderStatus(self, session: Session, order_id, status, filled, remaining, avg_fill_price) -> None:
-        self._emit("order_status", {"orderId": int(order_id), "status": status, "filled": float(filled),
-                                    "remaining": float(remaining), "avgFillPrice": float(avg_fill_price),
-                                    "ts": time.time()})
-
-    def _on_execDetails(self, session: Session, req_id, contract, execution) -> None:
-        self._emit("execution", {"orderId": int(execution.orderId), "symbol": contract.symbol,
-                                 "side": execution.side, "shares": float(execution.shares),
-                                 "price": float(execution.price), "ts": time.time()})
-
-    def _finish(self, key: int) -> None:
-        pend = self._requests.get(key)
-        if pend is not None and not pend.future.done():
-            pend.future.set_result(list(pend.items))
-
-    # ------------------------------------------------------------------ loss
-    def _on_lost(self, session: Session, reason: str) -> None:
-        if session.lost:
-            return
-        session.lost = True
-        for fut in (session.handshake, session.accounts_fut, session.next_id_fut):
-            if not fut.done():
-                exc = (ClientIdInUse(f"clientId {session.client_id} is already in use (TWS error 326)")
-                       if session.client_id_in_use else IBDisconnected(f"TWS closed the connection ({reason})"))
-                if fut is session.handshake:
-                    fut.set_result(False)
-                else:
-                    fut.set_exception(exc)
-        try:
-            session.disconnect()
-        except Exception:       # noqa: BLE001
-            log.debug("disconnect after loss failed", exc_info=True)
-        if session is not self._session:
-            return
-        was_connected = self.connected
-        self.connected = False
-        self.data_available = False
-        self.farm_status = {}
-        if self._connected_evt is not None:
-            self._connected_evt.clear()
-        self._fail_all(IBDisconnected, f"Connection to TWS lost ({reason})")
-        if was_connected:
-            log.warning("Lost the connection to TWS on port %s (%s)", session.port, reason)
-            if not self._closing:
-                self.status_message = f"Lost the connection to TWS on port {session.port}; reconnecting"
-            self._emit("tws_lost", {})
-        if session.established and self._kick_evt is not None:
-            self._kick_evt.set()        # wake the supervisor
-
-    def _fail_all(self, exc_type, message: str) -> None:
-        """Fail every pending request at once and free every open line (TWS dropped them with the socket)."""
-        for pend in list(self._requests.values()):
-            if not pend.future.done():
-                pend.future.set_exception(exc_type(message))
-        lines = list(self._lines.values())
-        self._lines.clear()
-        for line in lines:
-            line.closed = True
-            if line.quote.error_code is None:
-                line.quote.error_code = 504      # IB's "Not connected"
-                line.quote.error = message
-            line._notify()
-        if lines:
-            self.pacer.release_lines(len(lines))
 
     # ------------------------------------------------------------------ connecting
     def _connected_message(self) -> str:
@@ -777,14 +473,14 @@ class TwsBridge:
         async with self._lock("current_time"):
             def send(s: Session, key: int) -> None:
                 self._send(s, "reqCurrentTime", s.client.reqCurrentTime)
-            return await self._request(_CURRENT_TIME, "current_time", send, timeout, "current time request")
+            return await self._request(CURRENT_TIME_KEY, "current_time", send, timeout, "current time request")
 
     async def positions(self, timeout: float = 15.0) -> list[AccountPosition]:
         async with self._lock("positions"):
             def send(s: Session, key: int) -> None:
                 self._send(s, "reqPositions", s.client.reqPositions)
             try:
-                return await self._request(_POSITIONS, "positions", send, timeout, "positions request")
+                return await self._request(POSITIONS_KEY, "positions", send, timeout, "positions request")
             finally:
                 # reqPositions keeps streaming updates until cancelled.
                 session = self._session
@@ -847,8 +543,3 @@ class TwsBridge:
     @property
     def open_lines(self) -> int:
         return len(self._lines)
-
-
-# registry keys for the requests TWS answers without a reqId (never valid reqIds: those start at 1)
-_CURRENT_TIME = -101
-_POSITIONS = -102

@@ -1,0 +1,59 @@
+"""A market-data line: what the scanner holds while one reqMktData streams into a Quote."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Callable
+
+from agent.types import Contract, Quote
+
+if TYPE_CHECKING:
+    from agent.tws import TwsBridge
+
+
+class MarketDataLine:
+    """One streaming (or snapshot) market-data subscription. ``quote`` is updated on the loop by the bridge."""
+
+    def __init__(self, bridge: "TwsBridge", req_id: int, contract: Contract, generic_ticks: str, snapshot: bool,
+                 session_id: int):
+        self.contract = contract
+        self.quote = Quote()
+        self.closed = False
+        self.req_id = req_id
+        self.generic_ticks = generic_ticks
+        self.snapshot = snapshot
+        self.snapshot_done = False
+        self._bridge = bridge
+        self._session_id = session_id
+        self._changed = asyncio.Event()
+        self._closing: asyncio.Task | None = None
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    def _settled(self, predicate: Callable[[Quote], bool]) -> bool:
+        if self.quote.error_code is not None:
+            return True
+        try:
+            return bool(predicate(self.quote))
+        except Exception:       # noqa: BLE001 - a predicate that trips on a None field just isn't satisfied yet
+            return False
+
+    async def wait(self, predicate: Callable[[Quote], bool], timeout: float) -> bool:
+        """True when ``predicate(quote)`` holds or the line failed (quote.error_code set); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while True:
+            if self._settled(predicate):
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return self._settled(predicate)
+
+    def __repr__(self) -> str:
+        return f"<MarketDataLine {self.req_id} {self.contract.describe()} closed={self.closed}>"
