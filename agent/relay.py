@@ -234,7 +234,7 @@ class RelayClient:
                 accounts = self.accounts()
                 if accounts:
                     await self._send(ws, accounts_frame(accounts))
-                await self._send(ws, self.agent_state())
+                await self._send(ws, self._state())
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     t.result()          # re-raise the fault that ended the session
@@ -289,7 +289,11 @@ class RelayClient:
         # the iterator ends on a normal close: the session is over
 
     async def _serve(self, ws, frame: dict) -> None:
-        response = await self.handle(frame)
+        try:
+            response = await self.handle(frame)
+        except Exception:  # noqa: BLE001 - the dispatcher never raises; if it ever does, keep the session
+            log.exception("request %s could not be handled", frame.get("request_id"))
+            return
         if response is not None:
             try:
                 await self._send(ws, response)
@@ -301,18 +305,31 @@ class RelayClient:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             await self._send(ws, heartbeat_frame())
-            await self._send(ws, self.agent_state())
+            await self._send(ws, self._state())
 
     async def _sender(self, ws) -> None:
         while True:
             while self._outbox:
                 item = self._outbox[0]
-                frame = item() if callable(item) else item
+                frame = self._make(item)
                 await self._send(ws, frame)
                 if self._outbox and self._outbox[0] is item:
                     self._outbox.popleft()
             self._wake.clear()
             await self._wake.wait()
+
+    def _state(self) -> dict:
+        return self._make(self.agent_state)
+
+    def _make(self, item: Frame) -> dict:
+        """A queued frame, or one made now; a failing maker must not end the session (it is a bug: log it)."""
+        if not callable(item):
+            return item
+        try:
+            return item()
+        except Exception:  # noqa: BLE001
+            log.exception("could not build a frame for the relay")
+            return heartbeat_frame()
 
     async def _send(self, ws, frame: dict) -> None:
         try:
