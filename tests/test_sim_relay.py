@@ -203,7 +203,7 @@ async def test_ib_status_served_from_cached_agent_state(relay, http):
     agent = await start_agent(relay)
     await agent.ws.send(json.dumps({"type": "agent_state", "ib_connected": True, "ib_farms": {"usfarm": True},
                                     "ib_data_available": True, "available_scan_lines": 70, "scan_batch_size": 50,
-                                    "max_lines": 100}))
+                                    "max_lines": 100, "read_only_session": False, "status_message": "TWS ok"}))
     await relay.wait_frame(lambda f: f.get("type") == "agent_state", WAIT)
     async with http.get(relay.http_url + "/options/relay/ib-status") as resp:
         assert resp.status == 200
@@ -211,6 +211,7 @@ async def test_ib_status_served_from_cached_agent_state(relay, http):
     assert body["connected"] is True and body["provider_connected"] is True
     assert body["farm_status"] == {"usfarm": True} and body["data_available"] is True
     assert body["available_scan_lines"] == 70
+    assert body["read_only_session"] is False and body["message"] == "TWS ok" and body["reconnecting"] is False
     assert relay.requests_sent == []
     await agent.close()
 

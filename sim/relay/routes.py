@@ -117,9 +117,14 @@ def ib_status_from_state(state: Mapping[str, Any] | None, *, provider_connected:
         "provider_connected": True,
         "provider_id": provider_id,
         "agent_version": agent_version,
-        "message": "Connected to IB" if ib_connected else "Data provider connected; IB not connected",
+        # the same fields an ib_status request answers with, where the agent's state carries them
+        "reconnecting": bool(state.get("reconnecting", False)),
+        "message": state.get("status_message") or ("Connected to IB" if ib_connected
+                                                   else "Data provider connected; IB not connected"),
         "farm_status": dict(farms) if isinstance(farms, Mapping) else {},
         "data_available": bool(state.get("ib_data_available", False)),
+        "read_only_session": state.get("read_only_session"),
+        "last_connected": state.get("last_connected"),
         "available_scan_lines": state.get("available_scan_lines"),
         "scan_batch_size": state.get("scan_batch_size"),
         "max_lines": state.get("max_lines"),
