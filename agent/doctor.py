@@ -213,6 +213,9 @@ class _Collector:
     def marketDataType(self, reqId: int, marketDataType: int) -> None:
         self.q.put_nowait(("md_type", int(reqId), int(marketDataType)))
 
+    def currentTime(self, time: int) -> None:
+        self.q.put_nowait(("current_time", int(time)))
+
     def connectionClosed(self) -> None:
         pass
 
@@ -359,7 +362,8 @@ def _stock(symbol: str) -> Any:
     return c
 
 
-async def check_read_only(probe: IbProbe, order_id: int, timeout: float) -> CheckResult:
+async def check_read_only(probe: IbProbe, order_id: int, timeout: float,
+                          symbol: str = PROBE_SYMBOL) -> CheckResult:
     """Step 5: a what-if order is a margin preview TWS never transmits; error 321 = Read-Only API is on."""
     from ibapi.order import Order
 
@@ -369,7 +373,7 @@ async def check_read_only(probe: IbProbe, order_id: int, timeout: float) -> Chec
     order.lmtPrice = 1.00
     order.whatIf = True
     order.transmit = True
-    probe.client.placeOrder(order_id, _stock(PROBE_SYMBOL), order)
+    probe.client.placeOrder(order_id, _stock(symbol), order)
 
     def answer(ev: tuple) -> bool:
         return (ev[0] in ("open_order", "order_status") and ev[1] == order_id) or \
@@ -403,10 +407,10 @@ NO_PERMISSION = (354, 10089, 10090, 10168)
 PRICE_TICKS = {1, 2, 4, 9, 66, 67, 68, 75}      # bid, ask, last, close; delayed 66/67/68/75
 
 
-async def _one_quote(probe: IbProbe, req_id: int, md_type: int, timeout: float) -> tuple[str, str]:
+async def _one_quote(probe: IbProbe, req_id: int, md_type: int, timeout: float, symbol: str) -> tuple[str, str]:
     """('price'|'delayed'|'denied'|'timeout', text). Cancels the line in every case."""
     probe.client.reqMarketDataType(md_type)
-    probe.client.reqMktData(req_id, _stock(PROBE_SYMBOL), "", False, False, [])
+    probe.client.reqMktData(req_id, _stock(symbol), "", False, False, [])
     delayed = False
 
     def answer(ev: tuple) -> bool:
@@ -423,19 +427,19 @@ async def _one_quote(probe: IbProbe, req_id: int, md_type: int, timeout: float) 
     try:
         ev = await probe.expect(answer, timeout)
     except asyncio.TimeoutError:
-        return "timeout", f"no {PROBE_SYMBOL} price within {timeout:g} s"
+        return "timeout", f"no {symbol} price within {timeout:g} s"
     finally:
         if not probe.writer.is_closing():
             probe.client.cancelMktData(req_id)
     if ev[0] == "tick_price":
-        return ("delayed" if delayed else "price"), f"{PROBE_SYMBOL} {ev[3]:g}"
+        return ("delayed" if delayed else "price"), f"{symbol} {ev[3]:g}"
     return "denied", f"error {ev[2]}: {ev[3]}"
 
 
-async def check_market_data(probe: IbProbe, timeout: float) -> CheckResult:
+async def check_market_data(probe: IbProbe, timeout: float, symbol: str = PROBE_SYMBOL) -> CheckResult:
     """Step 6: live quote (type 1); on 354 & co. try delayed (type 3): delayed only is ✓ with a note."""
     r = CheckResult(6, TITLES[6])
-    kind, text = await _one_quote(probe, 9001, 1, timeout)
+    kind, text = await _one_quote(probe, 9001, 1, timeout, symbol)
     if kind == "price":
         r.status, r.detail = OK, f"live data ({text})"
         return r
@@ -445,21 +449,22 @@ async def check_market_data(probe: IbProbe, timeout: float) -> CheckResult:
                   "for live quotes")
         return r
     first = text
-    kind, text = await _one_quote(probe, 9002, 3, timeout)
+    kind, text = await _one_quote(probe, 9002, 3, timeout, symbol)
     if kind in ("price", "delayed"):
         r.status, r.detail = OK, f"delayed data only ({text}; live data: {first})"
         r.note = ("no live market data subscription: the agent falls back to delayed quotes. Subscribe in "
                   "Client Portal → Settings → Market Data Subscriptions for live quotes")
         return r
     r.status = FAIL
-    r.detail = f"no {PROBE_SYMBOL} quote, live ({first}) nor delayed ({text})"
+    r.detail = f"no {symbol} quote, live ({first}) nor delayed ({text})"
     r.fix = ("check that TWS is logged in and its data farms are connected (green in the TWS status bar); "
              "subscribe to market data in Client Portal, or enable delayed data; outside market hours a quote "
              "can take longer: run --check again")
     return r
 
 
-async def check_tws(settings: Any, timeouts: Timeouts, usual_ports: Sequence[int]) -> list[CheckResult]:
+async def check_tws(settings: Any, timeouts: Timeouts, usual_ports: Sequence[int],
+                    symbol: str = PROBE_SYMBOL) -> list[CheckResult]:
     """Steps 2–6 in order; a failed step marks those that depend on it as not checked."""
     r2, r3, r4, r5, r6 = (CheckResult(n, TITLES[n]) for n in (2, 3, 4, 5, 6))
     results = [r2, r3, r4, r5, r6]
@@ -548,12 +553,12 @@ async def check_tws(settings: Any, timeouts: Timeouts, usual_ports: Sequence[int
                            "the agent goes by the account, not the port")
 
         try:
-            results[3] = await check_read_only(probe, next_id, timeouts.what_if)
+            results[3] = await check_read_only(probe, next_id, timeouts.what_if, symbol)
         except _Closed:
             r5.status, r5.detail = FAIL, "TWS closed the connection after a what-if order"
             r5.fix = "restart TWS and run --check again"
         try:
-            results[4] = await check_market_data(probe, timeouts.quote)
+            results[4] = await check_market_data(probe, timeouts.quote, symbol)
         except _Closed:
             r6.status, r6.detail = FAIL, "TWS closed the connection during the market data request"
             r6.fix = "restart TWS and run --check again"
@@ -632,7 +637,7 @@ def _redact(text: str, key: str) -> str:
 
 async def run_checks(environ: dict | None = None, config_path: Any = None, *,
                      timeouts: Timeouts = Timeouts(), usual_ports: Sequence[int] = USUAL_PORTS,
-                     settings: Any = None) -> list[CheckResult]:
+                     settings: Any = None, probe_symbol: str = PROBE_SYMBOL) -> list[CheckResult]:
     """All seven results, in order. ``settings`` short-cuts step 1 (tests, demo)."""
     r1 = CheckResult(1, TITLES[1])
     if settings is None:
@@ -647,7 +652,7 @@ async def run_checks(environ: dict | None = None, config_path: Any = None, *,
             return [r1] + rest
     r1.status = OK
     r1.detail = _config_summary(settings)
-    tws, relay = await asyncio.gather(check_tws(settings, timeouts, usual_ports),
+    tws, relay = await asyncio.gather(check_tws(settings, timeouts, usual_ports, probe_symbol),
                                       check_relay(settings, timeouts.relay))
     return [r1, *tws, relay]
 
@@ -664,12 +669,13 @@ def _config_summary(settings: Any) -> str:
 
 async def run(environ: dict | None = None, config_path: Any = None, *, out: Callable[[str], Any] = print,
               timeouts: Timeouts = Timeouts(), usual_ports: Sequence[int] = USUAL_PORTS,
-              settings: Any = None) -> int:
+              settings: Any = None, probe_symbol: str = PROBE_SYMBOL) -> int:
     """Run every check, print the report, return the exit status (0 only when all pass)."""
     started = time.monotonic()
     out("IB Data Agent — checking your setup")
     out("")
-    results = await run_checks(environ, config_path, timeouts=timeouts, usual_ports=usual_ports, settings=settings)
+    results = await run_checks(environ, config_path, timeouts=timeouts, usual_ports=usual_ports, settings=settings,
+                               probe_symbol=probe_symbol)
     out(format_report(results))
     out(f"(checked in {time.monotonic() - started:.1f} s)")
     return 0 if all(r.ok for r in results) else 1

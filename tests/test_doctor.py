@@ -151,3 +151,98 @@ async def test_relay_unreachable(tmp_path):
                             RELAY_URL=f"ws://127.0.0.1:{closed_port()}/ws/data-provider")
     r = await doctor.check_relay(settings, FAST.relay)
     assert r.status == FAIL and "WebSocket connection failed" in r.detail
+
+
+# --- against the TWS simulator -------------------------------------------------------------------
+
+@pytest.fixture
+async def make_sim():
+    from sim.tws import SimConfig, TwsSimulator
+    sims = []
+
+    async def make(**kw):
+        sim = TwsSimulator(SimConfig(port=0, latency="fast", **kw))
+        await sim.start()
+        sims.append(sim)
+        return sim
+    try:
+        yield make
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+async def test_all_pass_exits_zero(tmp_path, relay, make_sim):
+    """A paper account, API on, Read-Only off, live data and a good key: every step ✓ and exit status 0."""
+    sim = await make_sim()
+    status, text = await run_doctor(settings_for(tmp_path, IB_PORT=sim.port, RELAY_URL=relay.ws_url))
+    assert status == 0, text
+    for n in range(1, 8):
+        assert f"✓ {n}." in text
+    assert "✗" not in text and "DU1234567" in text and "live data" in text
+    assert KEY not in text
+    orders = sim.stats()["orders"]
+    assert orders and all(o["what_if"] for o in orders)     # only a what-if preview ever reached "TWS"
+
+
+async def test_doctor_finds_tws_when_ib_port_is_unset(tmp_path, relay, make_sim):
+    """Without IB_PORT, a TWS answering on one of the usual ports is named in the fix."""
+    sim = await make_sim()
+    status, text = await run_doctor(settings_for(tmp_path, RELAY_URL=relay.ws_url, IB_HOST="127.0.0.1"),
+                                    usual_ports=(sim.port,))
+    # candidate ports 7497/4002/7496 are not the simulator's: the doctor says where TWS is instead
+    assert status != 0
+    assert f"seems to be on {sim.port}" in text and f"IB_PORT={sim.port}" in text
+
+
+async def test_silent_handshake_on_the_simulator(tmp_path, relay, make_sim):
+    """The simulator accepting TCP but never answering the handshake fails step 3 with the API-switch fix."""
+    sim = await make_sim()
+    sim.silent_handshake = True
+    status, text = await run_doctor(settings_for(tmp_path, IB_PORT=sim.port, RELAY_URL=relay.ws_url))
+    assert status != 0
+    assert "✗ 3." in text and "Enable ActiveX and Socket Clients" in text
+    assert "– 4." in text and "– 5." in text
+
+
+async def test_read_only_api_is_reported(tmp_path, relay, make_sim):
+    """Read-Only API on: the what-if order gets error 321 and step 5 says to untick it; data still ✓."""
+    sim = await make_sim(read_only=True)
+    status, text = await run_doctor(settings_for(tmp_path, IB_PORT=sim.port, RELAY_URL=relay.ws_url))
+    assert status != 0
+    assert "✗ 5." in text and "321" in text and "untick 'Read-Only API'" in text
+    assert "✓ 6." in text
+
+
+async def test_live_account_in_paper_mode(tmp_path, relay, make_sim):
+    """IB_MODE=paper with TWS logged in to a U… account: step 4 fails naming the account and the fix."""
+    sim = await make_sim(accounts=("U1234567",))
+    status, text = await run_doctor(settings_for(tmp_path, IB_PORT=sim.port, RELAY_URL=relay.ws_url))
+    assert status != 0
+    assert "✗ 4." in text and "live account (U1234567)" in text and "IB_MODE=live" in text
+
+
+async def test_delayed_only_market_data_passes_with_a_note(tmp_path, relay, make_sim):
+    """A symbol without live permission (354) falls back to delayed data: ✓ with a 'delayed only' note."""
+    sim = await make_sim()
+    settings = settings_for(tmp_path, IB_PORT=sim.port, RELAY_URL=relay.ws_url)
+    results = await doctor.run_checks(settings=settings, timeouts=FAST, usual_ports=(), probe_symbol="TSLA")
+    r6 = results[5]
+    assert r6.status == OK, r6
+    assert "delayed data only" in r6.detail and r6.note
+
+
+async def test_market_data_check_cancels_its_lines(make_sim):
+    """While the doctor's session is still open, every line it opened (live try, delayed try) is cancelled."""
+    sim = await make_sim()
+    probe = doctor.IbProbe("127.0.0.1", sim.port, 99)
+    try:
+        await probe.open(1.0, 2.0)
+        await probe.start(99, 2.0)
+        r = await doctor.check_market_data(probe, 2.0, "TSLA")
+        assert r.status == OK
+        probe.client.reqCurrentTime()      # TWS handles a session's messages in order: the cancels came first
+        await probe.expect(lambda ev: ev[0] == "current_time", 2.0)
+        assert sim.stats()["lines_by_client"].get(99, 0) == 0
+    finally:
+        await probe.close()
