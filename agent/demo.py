@@ -290,6 +290,44 @@ async def run_flows(base: str, out: Callable[[str], Any], today: dt.date) -> lis
     return results
 
 
+class AgentConsole:
+    """The agent's console lines (logger "agent", INFO and up, key redacted), kept aside while the demo prints its
+    tables, then shown at the end: what a trader would see in the agent's window. The simulator's and relay's
+    warnings join them; their chatter below WARNING does not."""
+
+    def __init__(self) -> None:
+        import io
+        import logging
+
+        from agent import console
+        self.buffer = io.StringIO()
+        self.handler = logging.StreamHandler(self.buffer)
+        self.handler.setFormatter(console.ConsoleFormatter())
+        self.handler.addFilter(console.RedactingFilter([DEMO_KEY]))
+        self._saved: list[tuple[Any, int, bool]] = []
+        self._levels = {"agent": logging.INFO, "sim": logging.WARNING, "ibapi": logging.CRITICAL,
+                        "websockets": logging.CRITICAL, "aiohttp": logging.ERROR}
+
+    def __enter__(self) -> "AgentConsole":
+        import logging
+        for name, level in self._levels.items():
+            lg = logging.getLogger(name)
+            self._saved.append((lg, lg.level, lg.propagate))
+            lg.setLevel(level)
+            lg.addHandler(self.handler)
+            lg.propagate = False        # the demo's stdout stays readable; nothing reaches the root logger
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for lg, level, propagate in self._saved:
+            lg.removeHandler(self.handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+    def lines(self) -> list[str]:
+        return [line for line in self.buffer.getvalue().splitlines() if line.strip()]
+
+
 def _indent(text: str) -> str:
     return "\n".join("   " + line for line in text.splitlines())
 
@@ -304,10 +342,12 @@ async def run(*, latency: str = "realistic", seed: int = 7, out: Callable[[str],
     sim = TwsSimulator(SimConfig(port=0, latency=latency, seed=seed))
     relay = ReferenceRelay(api_key=DEMO_KEY, port=0)
     agent: asyncio.Task | None = None
+    agent_console = AgentConsole()
     tmp = None
     if log_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="ib-agent-demo-")
         log_dir = Path(tmp.name)
+    agent_console.__enter__()
     try:
         await sim.start()
         await relay.start()
@@ -319,6 +359,10 @@ async def run(*, latency: str = "realistic", seed: int = 7, out: Callable[[str],
         out(f"Agent connected to the simulator and the relay in {time.perf_counter() - started:.1f} s")
         results = await run_flows(relay.http_url, out, dt.date.today())
         out("\nTimings: " + ", ".join(f"{r.name} {r.seconds:.2f} s" for r in results))
+        stats = sim.stats()
+        out(f"Simulator: peak {stats['peak_msg_rate']} messages/s from the agent (TWS allows 50), "
+            f"{len(stats['violations'])} pacing violations, peak {stats['peak_lines']} market data lines, "
+            f"{stats['active_lines']} still open")
         out(f"Demo finished in {time.perf_counter() - started:.1f} s: all flows answered.")
         return 0
     except DemoFailed as exc:
@@ -335,6 +379,11 @@ async def run(*, latency: str = "realistic", seed: int = 7, out: Callable[[str],
                 out(f"(agent stopped with {type(exc).__name__}: {exc})")
         await relay.stop()
         await sim.stop()
+        agent_console.__exit__(None, None, None)
+        lines = agent_console.lines()
+        if lines:
+            out("\nWhat the agent printed meanwhile:")
+            out(_indent("\n".join(lines)))
         if tmp is not None:
             tmp.cleanup()
 

@@ -1,0 +1,75 @@
+"""`--demo` (agent/demo.py): the pure helpers, and the whole demo end to end in-process."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from agent import demo
+
+
+def _row(expiry: str, strike: float, right: str = "C", bid: float = 1.0, ask: float = 1.1) -> dict:
+    return {"symbol": "JNPR", "expiry": expiry, "strike": strike, "right": right, "bid": bid, "ask": ask,
+            "mid": (bid + ask) / 2, "volume": 10, "open_interest": 100, "implied_vol": 0.06, "delta": 0.5}
+
+
+def test_chain_payload_is_two_months_out_around_the_deal_price():
+    """The Curate request names JNPR, the 40.00 deal price and a close date 60 days after today."""
+    p = demo.chain_payload(dt.date(2026, 1, 10))
+    assert p["ticker"] == "JNPR" and p["dealPrice"] == 40.0
+    assert p["expectedCloseDate"] == "2026-03-11"
+
+
+def test_spread_legs_take_adjacent_calls_at_and_below_the_deal_price():
+    """Legs are the quoted calls of the first expiry, the highest strikes at or under the deal price."""
+    chain = {"contracts": [_row("20260320", s) for s in (32.5, 35.0, 37.5, 40.0, 42.5)]
+             + [_row("20260320", 40.0, "P")] + [_row("20260417", 37.5)]}
+    legs = demo.spread_legs(chain)
+    assert [(leg["strike"], leg["right"], leg["expiry"]) for leg in legs] == \
+        [(35.0, "C", "20260320"), (37.5, "C", "20260320"), (40.0, "C", "20260320")]
+
+
+def test_spread_legs_skip_unquoted_rows():
+    """A call with neither bid nor ask is not used as a leg."""
+    chain = {"contracts": [_row("20260320", 37.5, bid=0, ask=0), _row("20260417", 37.5), _row("20260417", 40.0)]}
+    legs = demo.spread_legs(chain)
+    assert {leg["expiry"] for leg in legs} == {"20260417"}
+
+
+def test_spread_legs_without_quotes_fail_clearly():
+    """A chain with no quoted call is a demo failure with a reason, not an empty request."""
+    try:
+        demo.spread_legs({"contracts": [_row("20260320", 40.0, bid=0, ask=0)]})
+    except demo.DemoFailed as exc:
+        assert "no call" in str(exc)
+    else:
+        raise AssertionError("DemoFailed not raised")
+
+
+def test_prices_table_shows_a_missing_leg():
+    """A null price row (no bid, no ask) is printed as 'no quote' on its leg's line."""
+    legs = [{"ticker": "JNPR", "strike": 40.0, "expiry": "20260320", "right": "C"}]
+    text = demo.prices_table(legs, {"contracts": [None]})
+    assert "JNPR 20260320 40C" in text and "no quote" in text
+
+
+def test_tables_format_missing_values_as_dash():
+    """None values print as — and percentages as percent."""
+    text = demo.chain_table({"contracts": [dict(_row("20260320", 40.0), implied_vol=None, delta=None)]})
+    assert "—" in text
+    text = demo.sell_table({"contracts": [dict(_row("20260320", 240.0), premium=105.0, otm_distance=0.05,
+                                               annual_yield=0.123)]})
+    assert "12.3%" in text and "5.0%" in text
+
+
+async def test_demo_runs_end_to_end(tmp_path):
+    """The demo starts the simulator, the relay and the agent, answers all three flows and exits 0."""
+    lines: list[str] = []
+    status = await demo.run(latency="fast", out=lines.append, log_dir=tmp_path)
+    text = "\n".join(lines)
+    assert status == 0, text
+    assert "fetch-chain" in text and "fetch-prices" in text and "sell-scan" in text
+    # the three tables: chain, legs, seller ranking
+    assert "open int" in text and "leg" in text and "yield/yr" in text
+    assert "all flows answered" in text
+    assert "0 pacing violations" in text and "0 still open" in text     # the agent kept IB's limits
+    assert demo.DEMO_KEY not in text
