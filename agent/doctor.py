@@ -114,7 +114,7 @@ def mode_advice(mode: str, found: str, accounts: Sequence[str], port: int) -> tu
     detail = f"IB_MODE={mode} but TWS on port {port} is logged in to a {found} account ({acc})"
     if mode == "paper":
         fix = ("log TWS/Gateway in with your paper-trading login (accounts starting with D), or, if you really "
-               "mean live data, set IB_MODE=live (orders on a live account also need ALLOW_LIVE_ORDERS=true)")
+               "mean live data, set IB_MODE=live")
     else:
         fix = "log TWS/Gateway in with your live login, or set IB_MODE=paper"
     return detail, fix
@@ -589,8 +589,12 @@ async def check_relay(settings: Any, timeout: float, version: str = "doctor") ->
     r = CheckResult(7, TITLES[7])
     url = settings.relay_url
     key = settings.provider_key.get_secret_value()
+    extra: dict = {}
+    if _loopback_url(url) and _connect_takes_proxy():
+        extra["proxy"] = None       # never route a local relay through an HTTP proxy from the environment
+
     async def exchange() -> str:
-        ws = await websockets.connect(url, open_timeout=timeout, close_timeout=1.0, max_size=2 ** 20)
+        ws = await websockets.connect(url, open_timeout=timeout, close_timeout=1.0, max_size=2 ** 20, **extra)
         try:
             await ws.send(json.dumps(auth_frame(key, version)))
             return await ws.recv()
@@ -627,6 +631,27 @@ async def check_relay(settings: Any, timeout: float, version: str = "doctor") ->
         r.detail = f"the relay at {url} did not answer the auth message as expected"
         r.fix = "check RELAY_URL: it must be the relay's /ws/data-provider address"
     return r
+
+
+def _loopback_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    from agent.settings import is_loopback
+    try:
+        return is_loopback(urlsplit(url).hostname or "")
+    except ValueError:
+        return False
+
+
+def _connect_takes_proxy() -> bool:
+    """websockets >= 15 reads HTTP(S)_PROXY by default (``proxy=True``); older versions have no such argument."""
+    import inspect
+
+    import websockets
+    try:
+        return "proxy" in inspect.signature(websockets.connect).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _redact(text: str, key: str) -> str:
