@@ -7,7 +7,8 @@
 # Every argument goes to ib_data_agent.py unchanged. First run: creates a Python environment (.venv) beside
 # this script and installs the dependencies; later runs reinstall only when a requirements file changed.
 # start_unix.sh and start_windows.bat take the same steps with the same messages: keep the three parallel.
-# Windows PowerShell 5.1 compatible (no ternary, no ??, no &&).
+# Windows PowerShell 5.1 compatible (no ternary, no ??, no &&). If Windows refuses to run scripts, use
+# start_windows.bat, or: powershell -ExecutionPolicy Bypass -File .\start_windows.ps1
 
 $ErrorActionPreference = 'Continue'
 $Here = Split-Path -Parent $MyInvocation.MyCommand.Path
@@ -27,6 +28,8 @@ function Exit-WithPause([int]$Code) {
 function Test-Python([string[]]$Cmd) {
     # True when the command runs and is Python 3.10 or newer (a missing command is simply not a candidate).
     $exe = $Cmd[0]
+    # A missing command must not leave a stale $LASTEXITCODE from an earlier candidate to be read as success.
+    if (-not (Get-Command $exe -ErrorAction SilentlyContinue)) { return $false }
     $rest = @()
     if ($Cmd.Length -gt 1) { $rest = $Cmd[1..($Cmd.Length - 1)] }
     try {

@@ -263,7 +263,8 @@ class ReferenceRelay:
     # --- WebSocket side ----------------------------------------------------------------------------
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(heartbeat=self.ping_interval, timeout=2.0)
+        # 32 MiB: a several-hundred-contract chain answer must fit in one frame.
+        ws = web.WebSocketResponse(heartbeat=self.ping_interval, timeout=2.0, max_msg_size=32 * 1024 * 1024)
         await ws.prepare(request)
         self._sockets.add(ws)
         provider: _Provider | None = None
