@@ -46,6 +46,16 @@ async def stop(task: asyncio.Task) -> None:
     assert task.done()
 
 
+async def until(cond, timeout: float = 5.0) -> None:
+    """Wait for a condition of another process-like component that offers no event (the simulator's counters)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
 # --- pure / no-network -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("group", [run_task_group, _task_group_310], ids=["native", "py310-fallback"])
@@ -164,3 +174,117 @@ async def test_relay_side_up_while_tws_down():
 
 # --- full stack: TWS simulator + real bridge + reference relay ------------------------------
 
+
+
+# --- full stack: TWS simulator + real bridge + reference relay + daemon, in process ----------
+
+def next_weekday_in(days: int) -> str:
+    return (dt.date.today() + dt.timedelta(days=days)).isoformat()
+
+
+@contextlib.asynccontextmanager
+async def stack(tmp_path, *, log: bool = False, sim_port: int = 0):
+    """TWS simulator + reference relay + the daemon with fast reconnects; yields (sim, relay, daemon, task)."""
+    from sim.tws import SimConfig, TwsSimulator
+    from agent.tws import TwsBridge
+    from agent.tws_connect import Backoff as TwsBackoff
+
+    sim = TwsSimulator(SimConfig(port=sim_port, accounts=("DU1234567",), latency="fast", seed=7))
+    await sim.start()
+    relay = ReferenceRelay(api_key=KEY, port=0)
+    await relay.start()
+    settings = load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": relay.ws_url, "IB_PORT": str(sim.port),
+                              "IB_CONNECT_TIMEOUT": "2", "LOG_DIR": str(tmp_path / "logs")})
+    if log:
+        console.setup_logging(settings.log_dir, settings.secrets(), stream=io.StringIO())
+
+    def bridge_factory(s, pacer, on_event=None):
+        return TwsBridge(s, pacer, on_event=on_event, backoff=TwsBackoff(initial=0.05, factor=1.5, cap=0.2))
+    d = Daemon(settings, bridge_factory=bridge_factory, relay_options=fast_relay_options())
+    task = asyncio.create_task(d.run(), name="daemon-under-test")
+    try:
+        await relay.wait_provider(10)
+        await relay.wait_frame(lambda f: f["type"] == "agent_state" and f["ib_connected"], 10)
+        yield sim, relay, d, task
+    finally:
+        if not task.done():
+            await stop(task)
+        await relay.stop()
+        await sim.stop()
+        if log:
+            console.teardown_logging()
+
+
+async def test_http_through_relay_to_agent_and_tws(tmp_path):
+    """ib-status, stock-quote, fetch-prices and fetch-chain go web → relay → agent → TWS simulator and back."""
+    async with stack(tmp_path) as (sim, relay, d, task):
+        status, st = await http(relay, "GET", "ib-status")
+        assert status == 200 and st["connected"] is True and st["data_available"] is True
+        assert relay.accounts == ["DU1234567"] and st["agent_state"]["paper"] is True
+
+        status, q = await http(relay, "POST", "stock-quote", {"ticker": "AAPL"})
+        assert status == 200 and q["ticker"] == "AAPL" and q["price"] > 0
+
+        status, chain = await http(relay, "POST", "fetch-chain", {"ticker": "AAPL", "dealPrice": q["price"],
+                                                                  "expectedCloseDate": next_weekday_in(20)})
+        assert status == 200 and chain["contracts"], chain
+        leg = chain["contracts"][0]
+        status, prices = await http(relay, "POST", "fetch-prices", {"contracts": [
+            {"ticker": "AAPL", "strike": leg["strike"], "expiry": leg["expiry"], "right": leg["right"]}]})
+        assert status == 200 and prices["contracts"][0]["strike"] == leg["strike"]
+
+        status, err = await http(relay, "POST", "fetch-prices", {"contracts": []})
+        assert status == 500 and "No contracts specified" in err["detail"]
+
+
+async def test_reconnect_after_tws_restart(tmp_path):
+    """When TWS restarts, the agent reconnects by itself, tells the relay (tws_reconnected, ib_accounts) and serves."""
+    from sim.tws import SimConfig, TwsSimulator
+    async with stack(tmp_path) as (sim, relay, d, task):
+        port = sim.port
+        mark = len(relay.frames)
+        await sim.stop()
+        await relay.wait_frame(lambda f: f["type"] == "agent_state" and not f["ib_connected"], 10, start=mark)
+        status, body = await http(relay, "POST", "stock-quote", {"ticker": "AAPL"})
+        assert status == 500 and body["detail"].startswith("IB not connected")
+        sim2 = TwsSimulator(SimConfig(port=port, accounts=("DU1234567",), latency="fast", seed=8))
+        await sim2.start()
+        try:
+            mark = len(relay.frames)
+            await relay.wait_frame(lambda f: f["type"] == "account_event"
+                                   and f["event"].get("event") == "tws_reconnected", 15, start=mark)
+            await relay.wait_frame(lambda f: f["type"] == "ib_accounts", 5, start=mark)
+            status, q = await http(relay, "POST", "stock-quote", {"ticker": "AAPL"})
+            assert status == 200 and q["price"] > 0
+        finally:
+            await stop(task)
+            await sim2.stop()
+
+
+async def test_no_secret_in_log_file(tmp_path):
+    """After a session with requests, the log file has the agent's story but not the provider key."""
+    async with stack(tmp_path, log=True) as (sim, relay, d, task):
+        await http(relay, "POST", "stock-quote", {"ticker": "AAPL"})
+        logging.getLogger("agent.test").info("a careless line with the key %s", KEY)
+        await stop(task)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        text = (tmp_path / "logs" / "agent.log").read_text()
+    assert "Connected to relay" in text and "request fetch_underlying served" in text
+    assert KEY not in text and "a careless line with the key ***" in text
+
+
+async def test_clean_shutdown_mid_request_frees_every_line(tmp_path):
+    """Cancelling the daemon during a chain fetch finishes within 2 s and leaves no market data line open."""
+    async with stack(tmp_path) as (sim, relay, d, task):
+        status, q = await http(relay, "POST", "stock-quote", {"ticker": "AAPL"})
+        await sim.set_farm("usfarm", up=False)
+        fetch = asyncio.create_task(relay.request("fetch_chain", {
+            "ticker": "AAPL", "dealPrice": q["price"], "expectedCloseDate": next_weekday_in(20)}, timeout=30))
+        await until(lambda: sim.stats()["active_lines"] > 0)     # quotes held back: the lines stay open
+        await stop(task)
+        with pytest.raises(Exception) as ei:
+            await fetch
+        assert "disconnected" in str(ei.value).lower()
+        await until(lambda: sim.stats()["active_lines"] == 0)
+        assert d.pacer.lines_in_use == 0
