@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import math
 import random
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -162,6 +163,7 @@ class Market:
         self._t0 = clock()
         self.underlyings: dict[str, Underlying] = {u.symbol: u for u in underlyings}
         self._paths: dict[str, list[float]] = {}
+        self._lock = threading.Lock()     # tests read the model from another thread
         self._rngs: dict[str, random.Random] = {}
         self._expiries: dict[str, list[str]] = {}
         self._strikes: dict[tuple[str, str], list[float]] = {}
@@ -301,6 +303,10 @@ class Market:
     def spot(self, symbol: str, step: int | None = None) -> float:
         u = self.underlyings[symbol.upper()]
         k = self.step_index() if step is None else step
+        with self._lock:
+            return self._walk(u, k)
+
+    def _walk(self, u: Underlying, k: int) -> float:
         path = self._paths.setdefault(u.symbol, [u.spot0])
         rng = self._rngs.get(u.symbol)
         if rng is None:
@@ -334,7 +340,8 @@ class Market:
         s = self.spot(u.symbol, k)
         bid = round(s - u.half_spread, 2)
         ask = round(max(s + u.half_spread, bid + 0.01), 2)
-        path = self._paths[u.symbol][: k + 1]
+        with self._lock:
+            path = self._paths[u.symbol][: k + 1]
         size = lambda tag: 1 + _h(self.seed, u.symbol, k, tag) % 30  # noqa: E731
         return StockQuote(
             symbol=u.symbol, bid=bid, ask=ask, last=round(s, 2), close=round(u.spot0, 2),

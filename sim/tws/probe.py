@@ -1,12 +1,11 @@
 """A small threaded `ibapi` client for tests and benchmarks (the real IB client against the simulator).
 
-EClient + EWrapper in a reader thread; every callback lands in one thread-safe queue as an ``Event``
+EClient + EWrapper in a reader thread; every callback lands in one thread-safe list as an ``Event``
 (name, args, time). Helpers wait (with a timeout, always) for the first event that matches.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,15 +55,17 @@ class Probe:
         self.port, self.client_id, self.host = port, client_id, host
         self.wrapper = _Wrapper(self)
         self.client = EClient(self.wrapper)
-        self.events: "queue.Queue[Event]" = queue.Queue()
-        self.history: list[Event] = []
-        self._lock = threading.Lock()
+        self.history: list[Event] = []          # everything, in arrival order
+        self._pending: list[Event] = []         # not yet taken by wait()/collect()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
 
     def _push(self, ev: Event) -> None:
-        with self._lock:
+        with self._cond:
             self.history.append(ev)
-        self.events.put(ev)
+            self._pending.append(ev)
+            self._cond.notify_all()
 
     # ---- connection -----------------------------------------------------------------------------
 
@@ -108,49 +109,43 @@ class Probe:
 
     def wait(self, name: str | tuple[str, ...], pred: Callable[[Event], bool] | None = None,
              timeout: float = 5.0) -> Event:
-        """The next event (from the queue) named ``name`` that satisfies ``pred``; others are skipped
-        but stay in ``history``."""
+        """The oldest not yet taken event named ``name`` that satisfies ``pred`` (it may already have
+        arrived); it is taken, the others stay available. Raises ProbeTimeout after ``timeout`` s."""
         names = (name,) if isinstance(name, str) else name
         deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ProbeTimeout(f"no {names} within {timeout}s")
-            try:
-                ev = self.events.get(timeout=left)
-            except queue.Empty:
-                continue
-            if ev.name in names and (pred is None or pred(ev)):
-                return ev
+        with self._cond:
+            while True:
+                for i, ev in enumerate(self._pending):
+                    if ev.name in names and (pred is None or pred(ev)):
+                        del self._pending[i]
+                        return ev
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ProbeTimeout(f"no {names} within {timeout}s")
+                self._cond.wait(left)
 
-    def collect(self, end: str, pred: Callable[[Event], bool] | None = None, timeout: float = 5.0,
-                names: tuple[str, ...] | None = None) -> list[Event]:
-        """Events up to and including the first ``end`` event matching ``pred``."""
-        out: list[Event] = []
+    def collect(self, end: str, pred: Callable[[Event], bool] | None = None, timeout: float = 5.0) -> list[Event]:
+        """All not yet taken events up to and including the first ``end`` event matching ``pred``
+        (all of them are taken)."""
         deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ProbeTimeout(f"no {end} within {timeout}s (got {[e.name for e in out][-10:]})")
-            try:
-                ev = self.events.get(timeout=left)
-            except queue.Empty:
-                continue
-            if names is None or ev.name in names or ev.name == end:
-                out.append(ev)
-            if ev.name == end and (pred is None or pred(ev)):
-                return out
+        with self._cond:
+            while True:
+                for i, ev in enumerate(self._pending):
+                    if ev.name == end and (pred is None or pred(ev)):
+                        out = self._pending[:i + 1]
+                        del self._pending[:i + 1]
+                        return out
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ProbeTimeout(f"no {end} within {timeout}s")
+                self._cond.wait(left)
 
     def error_for(self, req_id: int, timeout: float = 5.0) -> Event:
         return self.wait("error", lambda e: e[0] == req_id, timeout)
 
-    def drain(self) -> list[Event]:
-        out = []
-        while True:
-            try:
-                out.append(self.events.get_nowait())
-            except queue.Empty:
-                return out
+    def count(self, name: str, pred: Callable[[Event], bool] | None = None) -> int:
+        with self._lock:
+            return sum(1 for e in self.history if e.name == name and (pred is None or pred(e)))
 
     def errors(self, code: int | None = None) -> list[Event]:
         with self._lock:

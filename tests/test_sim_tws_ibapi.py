@@ -1,0 +1,569 @@
+"""The TWS simulator driven by the real ibapi client (a threaded probe): requests, values, limits, orders."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from ibapi.order import Order
+
+from sim.tws import SimConfig, TwsSimulator
+from sim.tws.probe import Probe, ProbeTimeout, option, stock
+
+
+@pytest.fixture
+async def make_sim():
+    sims: list[TwsSimulator] = []
+
+    async def factory(**kw) -> TwsSimulator:
+        kw.setdefault("latency", "fast")
+        sim = TwsSimulator(SimConfig(port=0, **kw))
+        await sim.start()
+        sims.append(sim)
+        return sim
+
+    yield factory
+    for s in sims:
+        await s.stop()
+
+
+@pytest.fixture
+async def sim(make_sim):
+    return await make_sim()
+
+
+async def connect(sim: TwsSimulator, client_id: int = 1) -> Probe:
+    return await asyncio.to_thread(Probe(sim.port, client_id).connect)
+
+
+def run(fn, *args, **kw):
+    return asyncio.to_thread(fn, *args, **kw)
+
+
+def order(action: str, qty: float, order_type: str = "MKT", lmt: float | None = None, ref: str = "",
+          what_if: bool = False) -> Order:
+    o = Order()
+    o.action, o.totalQuantity, o.orderType, o.orderRef, o.whatIf = action, qty, order_type, ref, what_if
+    if lmt is not None:
+        o.lmtPrice = lmt
+    return o
+
+
+def is_tick(req_id: int, tick_type: int):
+    return lambda e: e[0] == req_id and e[1] == tick_type
+
+
+# ---- handshake --------------------------------------------------------------------------------------------
+
+async def test_handshake_greets_with_accounts_next_id_and_farm_status(make_sim):
+    """After startApi: managedAccounts, nextValidId, then farm OK messages 2104/2106/2158 with id -1."""
+    sim = await make_sim(accounts=("DU111", "DU222"))
+    p = await connect(sim)
+    try:
+        assert p.client.serverVersion() == 157
+        assert (await run(p.wait, "managedAccounts"))[0] == "DU111,DU222"
+        codes = set()
+        for _ in range(3):
+            ev = await run(p.wait, "error")
+            assert ev[0] == -1
+            codes.add(ev[1])
+        assert codes == {2104, 2106, 2158}
+        assert sim.stats()["clients"] == [1]
+    finally:
+        p.disconnect()
+
+
+async def test_live_accounts_are_reported(make_sim):
+    """A live setup reports its U... accounts in managedAccounts."""
+    sim = await make_sim(accounts=("U1234567",))
+    p = await connect(sim)
+    try:
+        assert (await run(p.wait, "managedAccounts"))[0] == "U1234567"
+    finally:
+        p.disconnect()
+
+
+async def test_client_id_in_use_gets_326_and_is_disconnected(sim):
+    """A second connection with a clientId already connected gets error 326 and is dropped."""
+    p1 = await connect(sim, 5)
+    p2 = Probe(sim.port, 5)
+    try:
+        await run(p2.connect, 5.0, False)
+        ev = await run(p2.wait, "error", lambda e: e[1] == 326)
+        assert "already in use" in ev[2]
+        await run(p2.wait, "connectionClosed")
+        assert sim.stats()["clients"] == [5]
+    finally:
+        p1.disconnect()
+        p2.disconnect()
+
+
+# ---- market data ------------------------------------------------------------------------------------------
+
+async def test_stock_stream_quotes_and_generic_ticks(sim):
+    """SPY streams bid < ask near the model, volume, close, and generic ticks 27-30, 23, 24; cancel frees the line."""
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(1, stock("SPY"), "100,101,104,106", False, False, [])
+        bid = (await run(p.wait, "tickPrice", is_tick(1, 1)))[2]
+        ask = (await run(p.wait, "tickPrice", is_tick(1, 2)))[2]
+        model = sim.market.stock_quote("SPY")
+        assert 0 < bid < ask and abs(bid - model.bid) < 2.0
+        await run(p.wait, "tickPrice", is_tick(1, 9))
+        sizes = {}
+        for t in (27, 28, 29, 30):
+            sizes[t] = (await run(p.wait, "tickSize", is_tick(1, t)))[2]
+        assert all(v > 0 for v in sizes.values())
+        hv = (await run(p.wait, "tickGeneric", is_tick(1, 23)))[2]
+        iv = (await run(p.wait, "tickGeneric", is_tick(1, 24)))[2]
+        assert 0 < hv < 1 and 0 < iv < 1
+        assert sim.stats()["lines_by_client"] == {1: 1}
+        p.client.cancelMktData(1)
+        p.client.reqCurrentTime()
+        await run(p.wait, "currentTime")
+        assert sim.stats()["active_lines"] == 0
+    finally:
+        p.disconnect()
+
+
+async def test_option_stream_sends_greeks_after_first_quote(sim):
+    """An option line: first quote, then tick 21 computations; call delta in (0,1), put in (-1,0), IV near model."""
+    exp = sim.market.expirations("AAPL")[2]
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(2, option("AAPL", exp, 232.5, "C"), "", False, False, [])
+        p.client.reqMktData(3, option("AAPL", exp, 232.5, "P"), "101", False, False, [])
+        model_c = await run(p.wait, "tickOptionComputation", is_tick(2, 13))
+        model_p = await run(p.wait, "tickOptionComputation", is_tick(3, 13))
+        first_quote = next(i for i, e in enumerate(p.history) if e.name == "tickPrice" and e[0] == 2)
+        first_greek = next(i for i, e in enumerate(p.history) if e.name == "tickOptionComputation" and e[0] == 2)
+        assert first_quote < first_greek
+        iv, delta, price, _, gamma, vega, theta, und = model_c.args[3:]
+        q = sim.market.option_quote("AAPL", exp, 232.5, "C")
+        assert 0 < delta < 1 and gamma > 0 and vega > 0 and theta < 0
+        assert abs(iv - q.iv) < 0.02 and abs(und - q.und_price) / q.und_price < 0.01
+        assert -1 < model_p[4] < 0
+        oi = await run(p.wait, "tickSize", is_tick(3, 28))       # put open interest comes as tick 28
+        assert oi[2] > 0
+        bid_comp = await run(p.wait, "tickOptionComputation", is_tick(2, 10))
+        assert bid_comp[3] is not None and abs(bid_comp[3] - q.iv) < 0.05
+    finally:
+        p.disconnect()
+
+
+async def test_quotes_move_over_time(sim):
+    """The SPY last price changes while the line streams (the seeded walk moves)."""
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(1, stock("SPY"), "", False, False, [])
+        first = (await run(p.wait, "tickPrice", is_tick(1, 4)))[2]
+        changed = await run(p.wait, "tickPrice", lambda e: e[0] == 1 and e[1] == 4 and e[2] != first, 10.0)
+        assert changed[2] != first
+    finally:
+        p.disconnect()
+
+
+async def test_illiquid_option_sends_no_bid_no_ask(sim):
+    """A far OTM, far-dated option quotes bid/ask -1 with size 0 (IB's "no bid"/"no ask")."""
+    far = sim.market.expirations("SPY")[-1]
+    k = max(sim.market.strikes("SPY", far))
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(4, option("SPY", far, k, "C"), "", False, False, [])
+        bid = await run(p.wait, "tickPrice", is_tick(4, 1))
+        size = await run(p.wait, "tickSize", is_tick(4, 0))
+        assert bid[2] == -1 and size[2] == 0
+    finally:
+        p.disconnect()
+
+
+async def test_snapshot_ends_with_tick_snapshot_end_and_frees_its_line(sim):
+    """snapshot=True: quotes then tickSnapshotEnd; the line is gone afterwards."""
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(7, stock("MSFT"), "", True, False, [])
+        await run(p.wait, "tickPrice", is_tick(7, 1))
+        await run(p.wait, "tickSnapshotEnd", lambda e: e[0] == 7)
+        assert sim.stats()["active_lines"] == 0
+    finally:
+        p.disconnect()
+
+
+async def test_snapshot_with_generic_ticks_is_error_321(sim):
+    """A snapshot asking for generic ticks is refused with 321 and takes no line."""
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(8, stock("MSFT"), "101", True, False, [])
+        ev = await run(p.error_for, 8)
+        assert ev[1] == 321 and "generic" in ev[2]
+        assert sim.stats()["active_lines"] == 0
+    finally:
+        p.disconnect()
+
+
+async def test_unknown_or_ambiguous_contract_is_error_200(sim):
+    """An unknown symbol, an off-grid strike and an under-specified option all get 200 for market data."""
+    exp = sim.market.expirations("AAPL")[0]
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(10, stock("NOPE"), "", False, False, [])
+        p.client.reqMktData(11, option("AAPL", exp, 231.0, "C"), "", False, False, [])
+        p.client.reqMktData(12, option("AAPL", exp, 0.0, "C"), "", False, False, [])
+        for rid in (10, 11, 12):
+            assert (await run(p.error_for, rid))[1] == 200
+        assert sim.stats()["active_lines"] == 0
+    finally:
+        p.disconnect()
+
+
+async def test_duplicate_ticker_id_is_error_102(sim):
+    """A second reqMktData with an active ticker id gets 102; the first line keeps streaming."""
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(1, stock("SPY"), "", False, False, [])
+        p.client.reqMktData(1, stock("AAPL"), "", False, False, [])
+        assert (await run(p.error_for, 1))[1] == 102
+        assert sim.stats()["active_lines"] == 1
+    finally:
+        p.disconnect()
+
+
+async def test_max_lines_shared_by_all_clients_gives_101(make_sim):
+    """With max_lines=3, two lines on one client and one on another fill TWS; the next gets 101."""
+    sim = await make_sim(max_lines=3)
+    a = await connect(sim, 1)
+    b = await connect(sim, 2)
+    try:
+        a.client.reqMktData(1, stock("SPY"), "", False, False, [])
+        a.client.reqMktData(2, stock("AAPL"), "", False, False, [])
+        b.client.reqMktData(1, stock("MSFT"), "", False, False, [])
+        await run(b.wait, "tickPrice", is_tick(1, 1))
+        await run(a.wait, "tickPrice", is_tick(2, 1))
+        b.client.reqMktData(2, stock("JNPR"), "", False, False, [])
+        ev = await run(b.error_for, 2)
+        assert ev[1] == 101 and ev[2] == "Max number of tickers has been reached"
+        st = sim.stats()
+        assert st["active_lines"] == 3 and st["lines_by_client"] == {1: 2, 2: 1}
+    finally:
+        a.disconnect()
+        b.disconnect()
+
+
+async def test_disconnect_frees_all_lines(sim):
+    """A client that goes away leaves no market data line behind."""
+    p = await connect(sim)
+    p.client.reqMktData(1, stock("SPY"), "", False, False, [])
+    await run(p.wait, "tickPrice", is_tick(1, 1))
+    await run(p.disconnect)
+    for _ in range(200):
+        if sim.stats()["active_lines"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert sim.stats()["active_lines"] == 0
+
+
+# ---- delayed data -----------------------------------------------------------------------------------------
+
+async def test_no_permission_with_live_type_is_354_and_no_data(sim):
+    """TSLA has no live permission: with market data type 1 it gets 354 and no line."""
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(1, stock("TSLA"), "", False, False, [])
+        assert (await run(p.error_for, 1))[1] == 354
+        p.client.reqCurrentTime()
+        await run(p.wait, "currentTime")
+        assert sim.stats()["active_lines"] == 0
+        assert not [e for e in p.history if e.name in ("tickPrice", "tickSize") and e[0] == 1]
+    finally:
+        p.disconnect()
+
+
+async def test_delayed_type_gives_10167_then_delayed_ticks_for_unpermitted_symbol(sim):
+    """With type 3: TSLA gets advisory 10167, marketDataType 3 and delayed ticks 66/67 (option: 83)."""
+    exp = sim.market.expirations("TSLA")[1]
+    p = await connect(sim)
+    try:
+        p.client.reqMarketDataType(3)
+        p.client.reqMktData(1, stock("TSLA"), "", False, False, [])
+        p.client.reqMktData(2, option("TSLA", exp, 250.0, "C"), "", False, False, [])
+        assert (await run(p.error_for, 1))[1] == 10167
+        assert (await run(p.wait, "marketDataType", lambda e: e[0] == 1))[1] == 3
+        bid = await run(p.wait, "tickPrice", is_tick(1, 66))
+        ask = await run(p.wait, "tickPrice", is_tick(1, 67))
+        assert 0 < bid[2] < ask[2]
+        comp = await run(p.wait, "tickOptionComputation", is_tick(2, 83))
+        assert 0 < comp[4] < 1
+        assert not [e for e in p.history if e.name == "tickPrice" and e[0] == 1 and e[1] in (1, 2)]
+    finally:
+        p.disconnect()
+
+
+async def test_delayed_type_with_permission_sends_live_data(sim):
+    """With type 3 and a live permission (SPY): marketDataType 1 and live ticks 1/2, as real TWS does."""
+    p = await connect(sim)
+    try:
+        p.client.reqMarketDataType(3)
+        p.client.reqMktData(1, stock("SPY"), "", False, False, [])
+        assert (await run(p.wait, "marketDataType", lambda e: e[0] == 1))[1] == 1
+        await run(p.wait, "tickPrice", is_tick(1, 1))
+        assert not p.errors(10167)
+    finally:
+        p.disconnect()
+
+
+# ---- pacing -----------------------------------------------------------------------------------------------
+
+async def test_over_50_messages_per_second_is_error_100_and_third_violation_disconnects(sim):
+    """A client sending ~80 msg/s gets error 100 (with its count) and is dropped at the 3rd violation."""
+    p = await connect(sim)
+
+    def flood() -> None:
+        deadline = time.monotonic() + 8.0
+        while time.monotonic() < deadline and p.client.isConnected():
+            p.client.reqCurrentTime()
+            time.sleep(1 / 80)
+
+    try:
+        await run(flood)
+        await run(p.wait, "connectionClosed", None, 5.0)
+        errs = p.errors(100)
+        assert errs and errs[0][2] == "Max rate of messages per second has been exceeded:max=50 rec=51 (1)"
+        st = sim.stats()
+        assert len(st["violations"]) == 3 and {v["code"] for v in st["violations"]} == {100}
+        assert st["clients"] == [] and st["peak_msg_rate"] >= 51
+    finally:
+        p.disconnect()
+
+
+async def test_delay_pacing_mode_answers_everything_without_error(make_sim):
+    """pacing="delay": a burst of 120 requests is answered in full, with no error 100."""
+    sim = await make_sim(pacing="delay")
+    p = await connect(sim)
+    try:
+        for _ in range(120):
+            p.client.reqCurrentTime()
+        got = 0
+        while got < 120:
+            await run(p.wait, "currentTime", None, 10.0)
+            got += 1
+        assert not p.errors(100) and not sim.stats()["violations"]
+        assert sim.stats()["peak_msg_rate"] <= 50
+    finally:
+        p.disconnect()
+
+
+# ---- reference data ---------------------------------------------------------------------------------------
+
+async def test_contract_details_for_stock_and_partly_specified_option(sim):
+    """STK gives one row with its conId; an option with only expiry+right gives one row per listed strike."""
+    exp = sim.market.expirations("AAPL")[1]
+    p = await connect(sim)
+    try:
+        p.client.reqContractDetails(1, stock("AAPL"))
+        rows = [e for e in await run(p.collect, "contractDetailsEnd") if e.name == "contractDetails"]
+        assert len(rows) == 1 and rows[0][1].contract.conId == 265598 and rows[0][1].longName == "APPLE INC"
+        p.client.reqContractDetails(2, option("AAPL", exp, 0.0, "P"))
+        rows = [e for e in await run(p.collect, "contractDetailsEnd") if e.name == "contractDetails"]
+        strikes = sorted(e[1].contract.strike for e in rows)
+        assert strikes == sim.market.strikes("AAPL", exp)
+        assert all(e[1].contract.right == "P" and e[1].underConId == 265598 for e in rows)
+        p.client.reqContractDetails(3, option("AAPL", exp, 231.0, "C"))
+        assert (await run(p.error_for, 3))[1] == 200
+    finally:
+        p.disconnect()
+
+
+async def test_sec_def_opt_params_lists_smart_and_cboe(sim):
+    """reqSecDefOptParams answers one row per exchange, then the end marker; their union is the chain."""
+    p = await connect(sim)
+    try:
+        p.client.reqSecDefOptParams(1, "AAPL", "", "STK", 265598)
+        evs = await run(p.collect, "securityDefinitionOptionParameterEnd")
+        rows = [e for e in evs if e.name == "securityDefinitionOptionParameter"]
+        assert {e[1] for e in rows} == {"SMART", "CBOE"}
+        union = set().union(*(e[6] for e in rows))
+        assert 232.5 in union
+        assert all(e[5] == set(sim.market.expirations("AAPL")) for e in rows)
+        p.client.reqSecDefOptParams(2, "NOPE", "", "STK", 0)
+        assert (await run(p.error_for, 2))[1] == 200
+    finally:
+        p.disconnect()
+
+
+async def test_current_time_and_req_ids(sim):
+    """reqCurrentTime answers the epoch; reqIds answers a nextValidId past any used order id."""
+    p = await connect(sim)
+    try:
+        p.client.reqCurrentTime()
+        assert abs((await run(p.wait, "currentTime"))[0] - time.time()) < 5
+        p.client.placeOrder(41, stock("SPY"), order("BUY", 1, "LMT", 1.0))
+        await run(p.wait, "orderStatus", lambda e: e[0] == 41)
+        p.client.reqIds(1)
+        assert (await run(p.wait, "nextValidId"))[0] == 42
+    finally:
+        p.disconnect()
+
+
+async def test_unimplemented_request_is_logged_and_session_survives(sim):
+    """A request the simulator does not implement is counted and ignored; the session goes on."""
+    p = await connect(sim)
+    try:
+        p.client.reqNewsBulletins(True)
+        p.client.reqCurrentTime()
+        await run(p.wait, "currentTime")
+        assert sim.stats()["unhandled"] == {12: 1}
+    finally:
+        p.disconnect()
+
+
+# ---- account ----------------------------------------------------------------------------------------------
+
+async def test_positions_account_summary_and_account_updates(sim):
+    """Seeded positions, account summary tags and the account update download all arrive with end markers."""
+    p = await connect(sim)
+    try:
+        p.client.reqPositions()
+        pos = [e for e in await run(p.collect, "positionEnd") if e.name == "position"]
+        assert {(e[1].symbol, e[2]) for e in pos} == {("AAPL", 100.0), ("JNPR", 300.0)}
+        p.client.reqAccountSummary(5, "All", "NetLiquidation,BuyingPower,AccountType")
+        rows = [e for e in await run(p.collect, "accountSummaryEnd") if e.name == "accountSummary"]
+        tags = {e[2]: e[3] for e in rows}
+        assert set(tags) == {"NetLiquidation", "BuyingPower", "AccountType"} and float(tags["NetLiquidation"]) > 0
+        p.client.reqAccountUpdates(True, "")
+        evs = await run(p.collect, "accountDownloadEnd")
+        assert any(e.name == "updatePortfolio" and e[0].symbol == "AAPL" for e in evs)
+        assert any(e.name == "updateAccountValue" and e[0] == "NetLiquidation" for e in evs)
+        assert evs[-1][0] == "DU1234567"
+    finally:
+        p.disconnect()
+
+
+# ---- orders -----------------------------------------------------------------------------------------------
+
+async def test_market_order_fills_with_status_sequence_execution_and_position(sim):
+    """MKT buy: PreSubmitted → Submitted → Filled, execDetails + commissionReport with orderRef, position pushed."""
+    exp = sim.market.expirations("AAPL")[2]
+    p = await connect(sim)
+    try:
+        p.client.reqPositions()
+        await run(p.wait, "positionEnd")
+        p.client.placeOrder(1, option("AAPL", exp, 230.0, "C"), order("BUY", 2, ref="scan-7"))
+        filled = await run(p.wait, "orderStatus", lambda e: e[0] == 1 and e[1] == "Filled")
+        statuses = [e[1] for e in p.history if e.name == "orderStatus" and e[0] == 1]
+        assert statuses[:2] == ["PreSubmitted", "Submitted"] and statuses[-1] == "Filled"
+        assert filled[2] == 2 and filled[3] == 0 and filled[4] > 0
+        ex = await run(p.wait, "execDetails")
+        assert ex[2].orderRef == "scan-7" and ex[2].side == "BOT" and ex[2].shares == 2
+        assert ex[2].permId == filled[5] and ex[2].permId > 0
+        cr = await run(p.wait, "commissionReport")
+        assert cr[0].execId == ex[2].execId and cr[0].commission == pytest.approx(1.30)
+        pos = await run(p.wait, "position", lambda e: e[1].secType == "OPT")
+        assert pos[2] == 2 and pos[1].strike == 230.0
+        assert sim.stats()["orders"][0]["status"] == "Filled"
+    finally:
+        p.disconnect()
+
+
+async def test_limit_order_rests_then_cancel_reports_cancelled(sim):
+    """A buy limit far below the market rests (Submitted), shows in reqOpenOrders, cancels with 202."""
+    p = await connect(sim)
+    try:
+        p.client.placeOrder(3, stock("SPY"), order("BUY", 10, "LMT", 100.0, ref="rest"))
+        await run(p.wait, "orderStatus", lambda e: e[0] == 3 and e[1] == "Submitted")
+        p.client.reqOpenOrders()
+        evs = await run(p.collect, "openOrderEnd")
+        opens = [e for e in evs if e.name == "openOrder"]
+        assert opens and opens[-1][2].orderRef == "rest" and opens[-1][3].status == "Submitted"
+        p.client.cancelOrder(3)
+        await run(p.wait, "orderStatus", lambda e: e[0] == 3 and e[1] == "Cancelled")
+        assert (await run(p.error_for, 3))[1] == 202
+        p.client.reqCompletedOrders(False)
+        done = [e for e in await run(p.collect, "completedOrdersEnd") if e.name == "completedOrder"]
+        assert done and done[-1][2].status == "Cancelled" and done[-1][1].orderRef == "rest"
+        p.client.cancelOrder(99)
+        assert (await run(p.error_for, 99))[1] == 10147
+    finally:
+        p.disconnect()
+
+
+async def test_resting_limit_fills_when_market_reaches_it(sim):
+    """A sell limit at the current bid is marketable and fills at the bid."""
+    p = await connect(sim)
+    try:
+        bid = sim.market.stock_quote("JNPR").bid
+        p.client.placeOrder(4, stock("JNPR"), order("SELL", 100, "LMT", round(bid - 0.50, 2)))
+        filled = await run(p.wait, "orderStatus", lambda e: e[0] == 4 and e[1] == "Filled")
+        assert filled[4] >= bid - 0.50
+    finally:
+        p.disconnect()
+
+
+async def test_what_if_returns_margin_and_places_nothing(sim):
+    """A what-if order answers openOrder with whatIf and margin fields; no order is placed or filled."""
+    p = await connect(sim)
+    try:
+        p.client.placeOrder(5, stock("MSFT"), order("BUY", 10, what_if=True))
+        ev = await run(p.wait, "openOrder", lambda e: e[0] == 5)
+        assert ev[2].whatIf and float(ev[3].initMarginChange) > 0 and float(ev[3].maintMarginAfter) > 0
+        p.client.reqOpenOrders()
+        evs = await run(p.collect, "openOrderEnd")
+        assert not [e for e in evs if e.name == "openOrder"]
+        assert not [e for e in p.history if e.name in ("orderStatus", "execDetails")]
+        assert sim.stats()["orders"][0]["what_if"] is True and not sim.broker.orders
+    finally:
+        p.disconnect()
+
+
+async def test_read_only_refuses_orders_hides_them_but_keeps_data(make_sim):
+    """Read-Only API: placeOrder/cancelOrder get 321, order lists are just end markers, data still flows."""
+    sim = await make_sim()
+    p = await connect(sim)
+    try:
+        p.client.placeOrder(6, stock("SPY"), order("BUY", 1, "LMT", 100.0))
+        await run(p.wait, "orderStatus", lambda e: e[0] == 6 and e[1] == "Submitted")
+        sim.set_read_only(True)
+        p.client.placeOrder(7, stock("SPY"), order("BUY", 1))
+        ev = await run(p.error_for, 7)
+        assert ev[1] == 321 and ev[2] == ("Error validating request.-'bN' : cause - The API interface is "
+                                          "currently in Read-Only mode.")
+        p.client.cancelOrder(6)
+        assert (await run(p.error_for, 6))[1] == 321
+        for req, end in ((p.client.reqOpenOrders, "openOrderEnd"),
+                         (lambda: p.client.reqCompletedOrders(False), "completedOrdersEnd")):
+            req()
+            evs = await run(p.collect, end)
+            assert not [e for e in evs if e.name in ("openOrder", "completedOrder")]
+        p.client.reqPositions()
+        assert [e for e in await run(p.collect, "positionEnd") if e.name == "position"]
+        p.client.reqMktData(1, stock("SPY"), "", False, False, [])
+        await run(p.wait, "tickPrice", is_tick(1, 1))
+    finally:
+        p.disconnect()
+
+
+async def test_executions_are_reported_with_filter(sim):
+    """reqExecutions replays fills (with commission reports) filtered by symbol, then execDetailsEnd."""
+    p = await connect(sim)
+    try:
+        p.client.placeOrder(8, stock("SPY"), order("BUY", 5, ref="a"))
+        p.client.placeOrder(9, stock("MSFT"), order("BUY", 5, ref="b"))
+        for oid in (8, 9):
+            await run(p.wait, "orderStatus", lambda e, oid=oid: e[0] == oid and e[1] == "Filled")
+        from ibapi.execution import ExecutionFilter
+        f = ExecutionFilter()
+        f.symbol = "MSFT"
+        p.client.reqExecutions(77, f)
+        evs = await run(p.collect, "execDetailsEnd", lambda e: e[0] == 77)
+        ex = [e for e in evs if e.name == "execDetails" and e[0] == 77]
+        assert len(ex) == 1 and ex[0][1].symbol == "MSFT" and ex[0][2].orderRef == "b"
+    finally:
+        p.disconnect()
+
+
+async def test_probe_connect_times_out_instead_of_hanging(make_sim):
+    """The probe's connect has a deadline even though ibapi's has none (silent handshake)."""
+    sim = await make_sim()
+    sim.silent_handshake = True
+    with pytest.raises(ProbeTimeout):
+        await run(Probe(sim.port, 3).connect, 0.5)
