@@ -29,6 +29,11 @@ current_flow: contextvars.ContextVar[str] = contextvars.ContextVar("current_flow
 
 T = TypeVar("T")
 
+#: TWS counts messages by when it reads them, so a few tens of milliseconds of delivery jitter can put more of
+#: our sends in its one-second window than we put in ours. Counting over 1.1 s keeps TWS's count at or under
+#: ``rate`` for up to 100 ms of jitter (sustained: rate / 1.1, e.g. 40.9 messages/s for rate 45).
+JITTER_GUARD = 0.1
+
 #: Requests wanting at most this many lines may use the reserve that big requests must leave free.
 SMALL_REQUEST_LINES = 10
 
@@ -74,6 +79,43 @@ class SlidingWindow:
     def count(self, now: float) -> int:
         self._expire(now)
         return len(self._sends)
+
+
+class TokenBucket:
+    """Spacing on top of the window: ``burst`` sends at once, then one every 1/rate seconds.
+
+    Why both: the window alone allows ``capacity`` sends in one instant at each window edge, and TWS counts
+    messages by when it reads them. A few milliseconds of delay on one batch then puts two batches in TWS's
+    one-second window (observed: 51 counted while we sent 45). With spacing, any interval of length L holds
+    at most ``burst + rate * L`` sends, so TWS's count stays under 50 unless delivery jitter exceeds
+    (50 - 45 - burst) / 45 s (about 66 ms with burst 2).
+    """
+
+    def __init__(self, rate: float, burst: int = 2):
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1, got {rate}, {burst}")
+        self.rate, self.burst = float(rate), burst
+        self._tokens = float(burst)
+        self._t: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self._t is None:
+            self._t = now
+        elif now > self._t:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._t) * self.rate)
+            self._t = now
+
+    def delay(self, now: float) -> float:
+        self._refill(now)
+        if self._tokens >= 1.0 - 1e-9:
+            return 0.0
+        return max((1.0 - self._tokens) / self.rate, 1e-6)
+
+    def record(self, now: float) -> None:
+        self._refill(now)
+        if self._tokens < 1.0 - 1e-9:
+            raise RuntimeError("TokenBucket.record() without a token: call delay() first")
+        self._tokens = max(0.0, self._tokens - 1.0)
 
 
 class RoundRobin(Generic[T]):
@@ -176,13 +218,16 @@ class LineBudget:
 # --- the asyncio pacer -----------------------------------------------------------------------------
 
 class Pacer:
-    """Message tokens (≤ rate in any 1 s window, round-robin across waiting flows) and the line budget."""
+    """Message tokens (≤ rate in any 1 s window — counted over 1 s + JITTER_GUARD — round-robin across waiting
+    flows) and the line budget."""
 
     def __init__(self, rate: float = 45.0, max_lines: int = 100, line_margin: int = 10,
-                 clock: Callable[[], float] = time.monotonic, *, line_reserve: int | None = None):
+                 clock: Callable[[], float] = time.monotonic, *, line_reserve: int | None = None,
+                 burst: int = 2, window: float = 1.0 + JITTER_GUARD):
         self.rate = rate
         self._clock = clock
-        self._window = SlidingWindow(max(1, int(math.floor(rate))), 1.0)
+        self._window = SlidingWindow(max(1, int(math.floor(rate))), window)
+        self._bucket = TokenBucket(self._window.capacity / window, max(1, min(burst, self._window.capacity)))
         self._waiting: RoundRobin[asyncio.Future] = RoundRobin()
         self._pump_task: asyncio.Task | None = None
         self._lines = LineBudget(max(1, max_lines - line_margin), line_reserve)
@@ -196,7 +241,7 @@ class Pacer:
     async def message(self) -> None:
         """Wait for the token for one outgoing TWS message (requests, cancels, orders, all of them)."""
         now = self._clock()
-        if not self._waiting and self._window.delay(now) == 0.0:
+        if not self._waiting and self._delay(now) == 0.0:
             self._count(now)
             return
         loop = asyncio.get_running_loop()
@@ -219,14 +264,18 @@ class Pacer:
                 fut.cancel()
             raise
 
+    def _delay(self, now: float) -> float:
+        return max(self._window.delay(now), self._bucket.delay(now))
+
     def _count(self, now: float) -> None:
+        self._bucket.record(now)
         n = self._window.record(now)
         self.messages_sent += 1
         self.peak_rate_1s = max(self.peak_rate_1s, n)
 
     async def _pump(self) -> None:
         while self._waiting:
-            delay = self._window.delay(self._clock())
+            delay = self._delay(self._clock())
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue

@@ -127,6 +127,8 @@ class TwsBridge(TwsCallbacks):
     def _send(self, session: Session, what: str, fn: Callable, *args) -> None:
         """Send one message now (the caller has awaited pacer.message()). Socket errors mean the link is gone."""
         if session is not self._session or session.lost or not session.client.connected_now():
+            if session is self._session and not session.lost:
+                self._on_lost(session, "socket closed")     # ibapi saw it first; its callback is still queued
             raise IBDisconnected(f"Connection to TWS lost before {what} could be sent")
         try:
             fn(*args)
@@ -260,6 +262,9 @@ class TwsBridge(TwsCallbacks):
 
     async def _established(self, session: Session, host: str, port: int, paper: bool | None,
                            warning: str | None) -> None:
+        # Ask for delayed data where there is no live permission before anyone may use the connection.
+        await self.pacer.message()
+        self._send(session, "reqMarketDataType", session.client.reqMarketDataType, MARKET_DATA_TYPE)
         self.host, self.port, self.client_id = host, port, session.client_id
         self.accounts = list(session.accounts)
         self.is_paper = paper
@@ -273,11 +278,6 @@ class TwsBridge(TwsCallbacks):
         self.status_message = self._connected_message() + (f" — {warning}" if warning else "")
         log.info(self.status_message)
         self._evt("_connected_evt").set()
-        try:
-            await self.pacer.message()
-            self._send(session, "reqMarketDataType", session.client.reqMarketDataType, MARKET_DATA_TYPE)
-        except IBDisconnected:
-            raise
         self._emit("tws_connected", {"accounts": list(self.accounts)})
         if reconnect:
             self._emit("tws_reconnected", {"ts": time.time()})
@@ -539,6 +539,14 @@ class TwsBridge(TwsCallbacks):
             if self._lines.pop(line.req_id, None) is not None:
                 self.pacer.release_lines(1)     # only now: a new reqMktData can't overtake the cancel (101)
             line._notify()
+
+    async def wait_lines_closed(self, timeout: float = 5.0) -> bool:
+        """Wait for the line cancels still in flight (their callers may be gone). False on timeout."""
+        pending = [t for t in self._tasks if t.get_name().startswith("cancel-mkt-") and not t.done()]
+        if not pending:
+            return True
+        _done, still = await asyncio.wait(pending, timeout=timeout)
+        return not still
 
     @property
     def open_lines(self) -> int:

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from agent.errors import RequestTimeout
-from agent.pacer import SMALL_REQUEST_LINES, LineBudget, Pacer, RoundRobin, SlidingWindow, current_flow
+from agent.pacer import (SMALL_REQUEST_LINES, LineBudget, Pacer, RoundRobin, SlidingWindow, TokenBucket,
+                         current_flow)
 
 
 def _simulate(window: SlidingWindow, arrivals: list[float]) -> list[float]:
@@ -46,6 +47,50 @@ def test_burst_is_sent_at_full_rate(cap, n):
     sends = _simulate(SlidingWindow(cap, 1.0), [0.0] * n)
     for k, s in enumerate(sends):
         assert s == pytest.approx(k // cap, abs=1e-5)
+
+
+def _simulate_both(window: SlidingWindow, bucket: TokenBucket, arrivals: list[float]) -> list[float]:
+    sends, t = [], 0.0
+    for a in arrivals:
+        t = max(t, a)
+        d = max(window.delay(t), bucket.delay(t))
+        while d > 0:
+            t += d
+            d = max(window.delay(t), bucket.delay(t))
+        bucket.record(t)
+        window.record(t)
+        sends.append(t)
+    return sends
+
+
+@settings(max_examples=150, deadline=None)
+@given(burst=st.integers(1, 5),
+       gaps=st.lists(st.floats(0.0, 0.1, allow_nan=False, allow_infinity=False), min_size=1, max_size=300))
+def test_spacing_bounds_every_interval(burst, gaps):
+    """Property: with spacing, any interval of length L holds at most burst + rate*L sends (and <= rate per 1 s)."""
+    rate = 45
+    arrivals, t = [], 0.0
+    for g in gaps:
+        t += g
+        arrivals.append(t)
+    sends = _simulate_both(SlidingWindow(rate, 1.0), TokenBucket(rate, burst), arrivals)
+    for i in range(len(sends)):
+        for j in range(i + 1, min(len(sends), i + rate + 2)):
+            span = sends[j] - sends[i]
+            assert j - i + 1 <= burst + rate * span + 1e-6
+        if i + rate < len(sends):
+            assert sends[i + rate] - sends[i] >= 1.0 - 1e-9
+
+
+def test_token_bucket_burst_then_spacing():
+    """A full bucket lets `burst` sends go at once, then one per 1/rate seconds."""
+    b = TokenBucket(10, 2)
+    b.record(0.0)
+    b.record(0.0)
+    assert b.delay(0.0) == pytest.approx(0.1)
+    with pytest.raises(RuntimeError):
+        b.record(0.05)
+    assert b.delay(0.1) == 0.0
 
 
 def test_window_delay_counts_from_oldest_send():
@@ -112,7 +157,7 @@ def test_line_budget_small_budget_reserve_is_bounded():
 
 async def test_message_fast_path_and_stats():
     """Under the rate, message() returns at once and counts the send; the budget is max_lines minus margin."""
-    p = Pacer(rate=45, max_lines=100, line_margin=10)
+    p = Pacer(rate=45, max_lines=100, line_margin=10, burst=45)
     for _ in range(45):
         await p.message()
     s = p.stats()
@@ -122,7 +167,7 @@ async def test_message_fast_path_and_stats():
 
 async def test_message_round_robin_between_flows():
     """A small request's messages are not stuck behind a big request's queue."""
-    p = Pacer(rate=10)
+    p = Pacer(rate=10, burst=10)
     for _ in range(10):                 # fill the window
         await p.message()
     order: list[str] = []
@@ -145,7 +190,7 @@ async def test_message_round_robin_between_flows():
 
 async def test_cancelled_message_waiter_leaves_queue():
     """A cancelled waiter is removed and does not consume a token."""
-    p = Pacer(rate=2)
+    p = Pacer(rate=2, burst=2)
     await p.message()
     await p.message()
     t = asyncio.create_task(p.message())

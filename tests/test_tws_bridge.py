@@ -1,0 +1,452 @@
+"""The TWS bridge against the TWS simulator, through the real ibapi client on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import pytest
+
+from agent.errors import ClientIdInUse, HandshakeTimeout, IBDisconnected, IBError
+from agent.pacer import Pacer, current_flow
+from agent.settings import Settings
+from agent.tws import Backoff, TwsBridge
+from agent.types import Contract
+from sim.tws import SimConfig, TwsSimulator
+
+FAST = dict(initial=0.01, factor=2.0, cap=0.05)
+
+
+def settings(port: int | None, **kw) -> Settings:
+    kw.setdefault("connect_timeout", 2.0)
+    return Settings(provider_key="k" * 24, ib_port=port, **kw)
+
+
+class Events:
+    """Collects on_event calls; lets a test await the next one of a name."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict]] = []
+        self._waiters: dict[str, asyncio.Event] = {}
+
+    def __call__(self, name: str, data: dict) -> None:
+        self.seen.append((name, data))
+        self._evt(name).set()
+
+    def _evt(self, name: str) -> asyncio.Event:
+        return self._waiters.setdefault(name, asyncio.Event())
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.seen]
+
+    async def next(self, name: str, timeout: float = 5.0) -> dict:
+        ev = self._evt(name)
+        ev.clear()
+        await asyncio.wait_for(ev.wait(), timeout)
+        return [d for n, d in self.seen if n == name][-1]
+
+
+@contextlib.asynccontextmanager
+async def simulator(**kw):
+    sim = TwsSimulator(SimConfig(port=0, **kw))
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def bridge_for(port: int | None, *, pacer: Pacer | None = None, events: Events | None = None,
+                     supervised: bool = False, ports: list[int] | None = None, **kw):
+    b = TwsBridge(settings(port, **kw), pacer or Pacer(), on_event=events, backoff=Backoff(**FAST), ports=ports)
+    task = None
+    try:
+        if supervised:
+            task = asyncio.create_task(b.run())
+            await b.wait_connected(5.0)
+        else:
+            await b.connect()
+        yield b
+    finally:
+        await b.close()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+AAPL = Contract.stock("AAPL")
+
+
+async def sync(bridge: TwsBridge) -> None:
+    """A round trip: everything TWS sent before its answer has reached the loop by the time it returns."""
+    await bridge.current_time()
+
+
+# --- connecting --------------------------------------------------------------------------------
+
+async def test_connect_reports_accounts_farms_and_event():
+    """Connecting gives the managed accounts, paper mode, farm status from 2104/2106/2158 and tws_connected."""
+    ev = Events()
+    async with simulator() as sim, bridge_for(sim.port, events=ev) as b:
+        await sync(b)
+        assert b.connected and b.port == sim.port and b.accounts == ["DU1234567"] and b.is_paper is True
+        assert b.data_available and b.last_connected is not None
+        assert b.farm_status and all(b.farm_status.values())
+        assert ("tws_connected", {"accounts": ["DU1234567"]}) in ev.seen
+        assert "tws_reconnected" not in ev.names()
+        assert "paper account DU1234567" in b.status_message
+
+
+async def test_silent_handshake_raises_handshake_timeout():
+    """A port that accepts TCP but never answers the API handshake raises HandshakeTimeout, not a hang."""
+    async with simulator() as sim:
+        sim.silent_handshake = True
+        b = TwsBridge(settings(sim.port, connect_timeout=0.3), Pacer())
+        with pytest.raises(HandshakeTimeout):
+            await b.connect()
+        assert not b.connected and "handshake" in b.status_message
+        await b.close()
+
+
+async def test_closed_port_raises_ib_disconnected_with_advice():
+    """Nothing listening: IBDisconnected whose message says to start TWS and enable the API."""
+    port = closed_port()
+    b = TwsBridge(settings(port), Pacer())
+    with pytest.raises(IBDisconnected) as ei:
+        await b.connect()
+    assert not isinstance(ei.value, HandshakeTimeout)
+    assert str(port) in b.status_message and "TWS" in b.status_message
+    await b.close()
+
+
+@pytest.mark.parametrize("mode", ["paper", "live"])
+async def test_port_selection_keeps_the_first_port_matching_the_mode(mode):
+    """Without IB_PORT the candidates are tried in order and the first whose account matches IB_MODE is kept."""
+    async with simulator(accounts=("U7654321",)) as live, simulator(accounts=("DU1234567",)) as paper:
+        ports = [closed_port(), live.port, paper.port] if mode == "paper" else [paper.port, live.port]
+        async with bridge_for(None, ports=ports, ib_mode=mode) as b:
+            want = paper if mode == "paper" else live
+            assert b.port == want.port and b.is_paper is (mode == "paper")
+            await sync(b)
+            other = live if mode == "paper" else paper
+            assert other.stats()["clients"] in (0, [], {})     # the mismatched one was let go
+
+
+async def test_account_mismatch_is_said_in_plain_words():
+    """Only a live TWS while IB_MODE=paper: not connected, and the status names port, account and the fixes."""
+    async with simulator(accounts=("U1234567",)) as live:
+        b = TwsBridge(settings(None, ib_mode="paper"), Pacer(), ports=[live.port])
+        with pytest.raises(IBDisconnected):
+            await b.connect()
+        assert b.status_message == (f"TWS on port {live.port} is logged in to live account U1234567 but "
+                                    f"IB_MODE=paper — log in to your paper account or set IB_MODE=live")
+        assert not b.connected
+        await b.close()
+
+
+async def test_explicit_ib_port_wins_but_mismatch_is_still_said():
+    """IB_PORT set: the bridge connects there even on a live account, and the status says the mode is wrong."""
+    async with simulator(accounts=("U1234567",)) as live, bridge_for(live.port, ib_mode="paper") as b:
+        assert b.connected and b.is_paper is False
+        assert "IB_MODE=paper" in b.status_message and "U1234567" in b.status_message
+
+
+async def test_client_id_in_use_tries_the_next_one():
+    """TWS error 326 (clientId held by another client): the bridge connects with the next clientId."""
+    async with simulator() as sim, bridge_for(sim.port) as first, bridge_for(sim.port) as second:
+        assert first.client_id == 17 and second.client_id == 18
+        assert second.connected and 326 in second.errors_seen
+
+
+async def test_client_ids_all_in_use_raise_client_id_in_use():
+    """When every clientId tried is held, ClientIdInUse says so."""
+    async with simulator() as sim:
+        holders = [TwsBridge(settings(sim.port), Pacer()) for _ in range(4)]
+        try:
+            for h in holders:
+                await h.connect()
+            b = TwsBridge(settings(sim.port), Pacer())
+            with pytest.raises(ClientIdInUse):
+                await b.connect()
+            assert "in use" in b.status_message
+            await b.close()
+        finally:
+            for h in holders:
+                await h.close()
+
+
+# --- staying connected -------------------------------------------------------------------------
+
+async def test_reconnects_after_tws_drops_the_socket():
+    """After the socket dies: tws_lost, then the supervisor reconnects and emits tws_connected + tws_reconnected."""
+    ev = Events()
+    async with simulator() as sim, bridge_for(sim.port, events=ev, supervised=True) as b:
+        lost = asyncio.create_task(ev.next("tws_lost"))
+        back = asyncio.create_task(ev.next("tws_reconnected"))
+        await asyncio.sleep(0)
+        await sim.drop_clients()
+        await lost
+        await back
+        await b.wait_connected(5.0)
+        assert b.connected and not b.reconnecting
+        assert ev.names().count("tws_connected") == 2
+        assert await b.current_time() > 0
+
+
+async def test_reconnects_after_connections_are_refused_for_a_while():
+    """A daily restart (connection refused for a while) is ridden out by retrying with backoff."""
+    ev = Events()
+    async with simulator() as sim, bridge_for(sim.port, events=ev, supervised=True) as b:
+        back = asyncio.create_task(ev.next("tws_reconnected"))
+        sim.refuse_connections(0.3)
+        await sim.drop_clients()
+        await back
+        assert b.connected
+        assert await b.current_time() > 0
+
+
+async def test_forced_reconnect():
+    """reconnect(force=True) drops the link and comes back connected."""
+    ev = Events()
+    async with simulator() as sim, bridge_for(sim.port, events=ev, supervised=True) as b:
+        msg = await b.reconnect(force=True)
+        assert b.connected and "Connected" in msg
+        assert "tws_lost" in ev.names() and "tws_reconnected" in ev.names()
+
+
+async def test_dropped_connection_fails_pending_request_at_once():
+    """A request pending when the socket dies raises IBDisconnected (not a timeout)."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        sim.stall(10)
+        pending = asyncio.create_task(b.contract_details(AAPL, timeout=30))
+        await sync_until_sent(b)
+        await sim.drop_clients()
+        with pytest.raises(IBDisconnected):
+            await asyncio.wait_for(pending, 5)
+        assert b.stats()["pending_requests"] == 0 and not b.connected
+
+
+async def sync_until_sent(b: TwsBridge) -> None:
+    """Yield until the pending request has been registered and sent (it is sent right after its pacer token)."""
+    for _ in range(100):
+        if b.stats()["pending_requests"]:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("request was never registered")
+
+
+async def test_malformed_message_does_not_kill_the_reader():
+    """After TWS sends a message ibapi cannot decode, the session still answers requests."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        await sim.send_malformed()
+        assert await b.current_time() > 0
+        assert b.connected
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+async def test_contract_details_and_option_params():
+    """Contract details resolve a stock to its conId; option params list expirations and strikes."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        infos = await b.contract_details(AAPL)
+        assert len(infos) == 1 and infos[0].contract.con_id > 0 and infos[0].contract.symbol == "AAPL"
+        params = await b.option_params("AAPL", infos[0].contract.con_id)
+        assert params and params[0].expirations and params[0].strikes
+        assert list(params[0].strikes) == sorted(params[0].strikes)
+
+
+async def test_unknown_contract_raises_ib_error_200():
+    """No such contract: IBError with TWS's code 200, carrying the reqId."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        with pytest.raises(IBError) as ei:
+            await b.contract_details(Contract.stock("NOSUCHSYM"))
+        assert ei.value.code == 200 and ei.value.req_id > 0
+        assert b.stats()["pending_requests"] == 0
+
+
+async def test_positions_and_current_time():
+    """positions() ends at positionEnd (an empty list is a real answer); current_time is epoch seconds."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        assert isinstance(await b.positions(), list)
+        assert await b.current_time() > 1_600_000_000
+
+
+async def test_not_connected_raises_ib_disconnected():
+    """A request while not connected raises IBDisconnected at once."""
+    b = TwsBridge(settings(closed_port()), Pacer())
+    with pytest.raises(IBDisconnected):
+        await b.contract_details(AAPL)
+
+
+# --- market data -------------------------------------------------------------------------------
+
+async def open_line(b: TwsBridge, contract: Contract, ticks: str = ""):
+    assert await b.pacer.acquire_lines(1) == 1
+    try:
+        return await b.open_market_data(contract, generic_ticks=ticks)
+    except BaseException:
+        b.pacer.release_lines(1)
+        raise
+
+
+async def test_market_data_line_quotes_and_close_returns_line():
+    """A stock line fills bid/ask; closing cancels it at TWS and returns the line to the pacer."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        line = await open_line(b, AAPL)
+        assert await line.wait(lambda q: q.bid is not None and q.ask is not None, 5.0)
+        assert line.quote.bid <= line.quote.ask and line.quote.error_code is None
+        assert b.pacer.lines_in_use == 1
+        await b.close_market_data(line)
+        await b.close_market_data(line)          # idempotent
+        assert line.closed and b.pacer.lines_in_use == 0
+        await sync(b)
+        assert sim.stats()["active_lines"] == 0
+
+
+async def test_option_line_gets_greeks_and_failed_line_wakes_waiter():
+    """An option line gets greeks from option computations; an unknown contract's line fails with 200."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        info = (await b.contract_details(AAPL))[0]
+        p = (await b.option_params("AAPL", info.contract.con_id))[0]
+        strike = p.strikes[len(p.strikes) // 2]
+        opt = Contract.option("AAPL", p.expirations[0], strike, "C")
+        line = await open_line(b, opt, "100,101,106")
+        assert await line.wait(lambda q: q.delta is not None, 5.0)
+        assert 0 <= line.quote.delta <= 1 and line.quote.implied_vol and line.quote.implied_vol > 0
+        bad = await open_line(b, Contract.option("AAPL", p.expirations[0], strike + 0.123, "C"))
+        assert await bad.wait(lambda q: False, 5.0)          # True because the line failed
+        assert bad.quote.error_code == 200 and bad.quote.failed
+        await b.close_market_data(line)
+        await b.close_market_data(bad)
+        assert b.pacer.lines_in_use == 0
+
+
+async def test_wait_times_out_false():
+    """wait() returns False when the predicate never holds and the line does not fail."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        line = await open_line(b, AAPL)
+        assert not await line.wait(lambda q: False, 0.05)
+        await b.close_market_data(line)
+
+
+async def test_close_from_cancelled_task_still_cancels_line():
+    """A task cancelled while waiting on its line still cancels it at TWS and returns the line (no leak)."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        opened = asyncio.Event()
+
+        async def user() -> None:
+            line = await open_line(b, AAPL)
+            try:
+                opened.set()
+                await line.wait(lambda q: False, 30)
+            finally:
+                await b.close_market_data(line)
+
+        t = asyncio.create_task(user())
+        await opened.wait()
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        await sync(b)
+        assert b.pacer.lines_in_use == 0 and b.open_lines == 0
+        assert sim.stats()["active_lines"] == 0
+
+
+async def test_many_concurrent_lines_stay_within_budget_and_do_not_leak():
+    """60 concurrent users sharing a budget of 15 never exceed it, never get error 101, and leave no line open."""
+    pacer = Pacer(max_lines=20, line_margin=5)
+    async with simulator(max_lines=20) as sim, bridge_for(sim.port, pacer=pacer) as b:
+        peak = 0
+
+        async def user(i: int) -> None:
+            nonlocal peak
+            current_flow.set(f"req{i % 6}")
+            await b.pacer.acquire_lines(1)
+            try:
+                line = await b.open_market_data(AAPL if i % 2 else Contract.stock("MSFT"))
+            except BaseException:
+                b.pacer.release_lines(1)
+                raise
+            try:
+                peak = max(peak, b.pacer.lines_in_use, sim.stats()["active_lines"])
+                await line.wait(lambda q: q.bid is not None, 5.0)
+            finally:
+                await b.close_market_data(line)
+
+        users = [asyncio.create_task(user(i)) for i in range(60)]
+        await asyncio.gather(*users[:50])
+        for t in users[50:]:
+            t.cancel()                           # some owners are cancelled mid-way
+        await asyncio.gather(*users[50:], return_exceptions=True)
+        assert await b.wait_lines_closed(5.0)    # cancels whose callers were cancelled still go out
+        await sync(b)
+        st = sim.stats()
+        assert peak <= 15
+        assert st["active_lines"] == 0 and b.pacer.lines_in_use == 0 and b.open_lines == 0
+        assert 101 not in b.errors_seen and not st["violations"]
+
+
+async def test_pacer_keeps_a_300_request_burst_under_the_limit():
+    """300 concurrent requests go out at <= 45 messages/s: no pacing violation (error 100) at the simulator."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        results = await asyncio.gather(*(b.contract_details(AAPL, timeout=30) for _ in range(300)))
+        assert all(r and r[0].contract.symbol == "AAPL" for r in results)
+        st = sim.stats()
+        assert not st["violations"] and st["peak_msg_rate"] <= 45
+        assert 100 not in b.errors_seen
+
+
+async def test_nightly_reset_data_lost_resubscribes_open_lines():
+    """1100 marks data unavailable; 1101 re-requests open lines (quotes flow again) and emits a resync."""
+    ev = Events()
+    async with simulator() as sim, bridge_for(sim.port, events=ev) as b:
+        line = await open_line(b, AAPL)
+        assert await line.wait(lambda q: q.bid is not None, 5.0)
+        resync = asyncio.create_task(ev.next("tws_reconnected"))
+        await sim.nightly_reset(data_lost=True)
+        await resync
+        line.quote.bid = None                    # forget the old quote: only a re-subscribed line refills it
+        assert await line.wait(lambda q: q.bid is not None, 5.0)
+        assert b.data_available and line.quote.error_code is None
+        await sync(b)
+        assert sim.stats()["active_lines"] == 1
+        await b.close_market_data(line)
+
+
+async def test_nightly_reset_data_kept_keeps_lines():
+    """1102 keeps the subscriptions: no re-request (no duplicate ticker id 102) and quotes keep coming."""
+    ev = Events()
+    async with simulator() as sim, bridge_for(sim.port, events=ev) as b:
+        line = await open_line(b, AAPL)
+        assert await line.wait(lambda q: q.bid is not None, 5.0)
+        resync = asyncio.create_task(ev.next("tws_reconnected"))
+        await sim.nightly_reset(data_lost=False)
+        await resync
+        line.quote.bid = None
+        assert await line.wait(lambda q: q.bid is not None, 5.0)
+        await sync(b)
+        assert 102 not in b.errors_seen and sim.stats()["active_lines"] == 1
+        await b.close_market_data(line)
+
+
+async def test_close_disconnects_and_ends_the_thread():
+    """close() cancels lines, disconnects and ends the session thread; state says disconnected."""
+    async with simulator() as sim:
+        b = TwsBridge(settings(sim.port), Pacer())
+        await b.connect()
+        line = await open_line(b, AAPL)
+        session = b._session
+        await b.close()
+        assert not b.connected and line.closed and b.pacer.lines_in_use == 0
+        assert session.thread is not None and not session.thread.is_alive()
