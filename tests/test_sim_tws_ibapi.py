@@ -531,6 +531,7 @@ async def test_read_only_refuses_orders_hides_them_but_keeps_data(make_sim):
         assert (await run(p.error_for, 6))[1] == 321
         for req, end in ((p.client.reqOpenOrders, "openOrderEnd"),
                          (lambda: p.client.reqCompletedOrders(False), "completedOrdersEnd")):
+            p.drain()
             req()
             evs = await run(p.collect, end)
             assert not [e for e in evs if e.name in ("openOrder", "completedOrder")]

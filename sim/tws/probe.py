@@ -143,6 +143,12 @@ class Probe:
     def error_for(self, req_id: int, timeout: float = 5.0) -> Event:
         return self.wait("error", lambda e: e[0] == req_id, timeout)
 
+    def drain(self) -> list[Event]:
+        """Take every pending event (so the next collect() sees only what comes after)."""
+        with self._cond:
+            out, self._pending = self._pending, []
+            return out
+
     def count(self, name: str, pred: Callable[[Event], bool] | None = None) -> int:
         with self._lock:
             return sum(1 for e in self.history if e.name == name and (pred is None or pred(e)))
