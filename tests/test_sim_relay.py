@@ -350,7 +350,7 @@ async def test_silent_provider_dropped_and_pending_failed():
     async with ReferenceRelay(api_key="KEY", heartbeat_timeout=0.3) as relay:
         agent = await start_agent(relay, lambda f: _async(None))  # never answers, never heartbeats
         with pytest.raises(ProviderDisconnected, match="Provider disconnected"):
-            await relay.request("fetch_chain", {"ticker": "AAPL"})
+            await relay.request("fetch_chain", {"ticker": "AAPL"}, timeout=WAIT)
         assert not relay.provider_connected
         await asyncio.wait_for(agent.task, WAIT)  # the socket was closed from the relay's side
         assert agent.ws.close_code == 1000
@@ -358,12 +358,12 @@ async def test_silent_provider_dropped_and_pending_failed():
 
 async def test_heartbeats_keep_provider_alive():
     """A provider that heartbeats more often than heartbeat_timeout is not dropped."""
-    async with ReferenceRelay(api_key="KEY", heartbeat_timeout=0.5) as relay:
+    async with ReferenceRelay(api_key="KEY", heartbeat_timeout=1.0) as relay:
         ws, _ = await auth(relay)
-        for _ in range(6):  # 6 × 0.15 s = 0.9 s, well past one timeout
+        for _ in range(13):  # 13 × 0.1 s: past one timeout, with 0.9 s of slack for a loaded machine
             await ws.send(json.dumps({"type": "heartbeat"}))
             assert await recv(ws) == {"type": "heartbeat_ack"}
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.1)  # the passage of time is what this test is about
         assert relay.provider_connected
         await ws.close()
 
@@ -382,7 +382,7 @@ async def test_disconnect_fails_pending_as_500(relay, http):
 async def test_new_provider_replaces_old(relay):
     """A second provider with the same key takes over; the first is closed and its pending request fails."""
     first = await start_agent(relay, lambda f: _async(None))
-    pending = asyncio.ensure_future(relay.request("fetch_chain", {"ticker": "AAPL"}))
+    pending = asyncio.ensure_future(relay.request("fetch_chain", {"ticker": "AAPL"}, timeout=WAIT))
     await asyncio.wait_for(first.got_request.wait(), WAIT)
     second = await start_agent(relay)
     with pytest.raises(ProviderDisconnected):
@@ -396,7 +396,7 @@ async def test_new_provider_replaces_old(relay):
 async def test_kick_provider_closes_and_fails_pending(relay):
     """kick_provider closes the agent's socket and fails what it had in hand."""
     agent = await start_agent(relay, lambda f: _async(None))
-    pending = asyncio.ensure_future(relay.request("get_positions", {}))
+    pending = asyncio.ensure_future(relay.request("get_positions", {}, timeout=WAIT))
     await asyncio.wait_for(agent.got_request.wait(), WAIT)
     assert await relay.kick_provider() is True
     with pytest.raises(ProviderDisconnected):
