@@ -18,7 +18,6 @@ if "%HERE:~-1%"=="\" set "HERE=%HERE:~0,-1%"
 set "VENV=%HERE%\.venv"
 set "VPY=%VENV%\Scripts\python.exe"
 set "PY="
-set "PYVER="
 
 rem Run from inside a ZIP, Explorer extracts only this file to %TEMP%\...\name.zip\: nothing else is there.
 set "HERESLASH=%HERE%\"
