@@ -670,7 +670,8 @@ async def run_checks(environ: dict | None = None, config_path: Any = None, *,
         try:
             settings = load_settings(environ=environ, config_path=config_path)
         except ConfigError as exc:
-            r1.status, r1.detail = FAIL, exc.user_message
+            shown = "" if exc.value is None else f" (got {exc.value!r})"
+            r1.status, r1.detail = FAIL, f"{exc.setting}{shown}: {exc.problem}"
             r1.fix = exc.fix
             rest = [CheckResult(n, TITLES[n], detail="not checked: the configuration is not valid")
                     for n in range(2, 8)]
