@@ -320,9 +320,16 @@ class TwsSimulator:
         self._stall_until = asyncio.get_running_loop().time() + seconds
 
     async def send_malformed(self, client_id: int | None = None, kind: str = "short") -> None:
-        """Send a malformed message: "short" = a tickPrice missing its fields (ibapi reports it as a bad
-        message and carries on); "garbage" = a tickPrice with text where numbers belong."""
-        fields: list = [M.TICK_PRICE, 6, 1] if kind == "short" else [M.TICK_PRICE, 6, "x", "y", "z", "", ""]
+        """Send one malformed message to one client (or all).
+
+        kind="short": a tickSize one field short. ibapi logs and drops it; every client must survive it.
+        kind="truncated": a tickPrice that stops after its ticker id. ibapi 9.81 fails inside its own
+        bad-message handler and its reader loop ends: the client is disconnected (client-side).
+        kind="garbage": a tickPrice with text where numbers belong; ibapi's reader dies the same way.
+        """
+        fields: list = {"short": [M.TICK_SIZE, 6, 999_999, 0],
+                        "truncated": [M.TICK_PRICE, 6, 999_999],
+                        "garbage": [M.TICK_PRICE, 6, "x", "y", "z", "w", "v"]}[kind]
         for s in self._started_sessions():
             if client_id is None or s.client_id == client_id:
                 s.send(fields)

@@ -1,0 +1,301 @@
+"""The TWS simulator's faults, seen through the real ibapi client, plus a raw-socket client and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim.tws import SimConfig, TwsSimulator
+from sim.tws.probe import Probe, ProbeTimeout, stock
+from sim.tws.wire import FrameBuffer, encode, frame, split_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+async def sim():
+    s = TwsSimulator(SimConfig(port=0, latency="fast"))
+    await s.start()
+    yield s
+    await s.stop()
+
+
+async def connect(sim: TwsSimulator, client_id: int = 1) -> Probe:
+    return await asyncio.to_thread(Probe(sim.port, client_id).connect)
+
+
+def run(fn, *args, **kw):
+    return asyncio.to_thread(fn, *args, **kw)
+
+
+def is_tick(req_id: int, tick_type: int):
+    return lambda e: e[0] == req_id and e[1] == tick_type
+
+
+async def test_drop_clients_closes_every_connection(sim):
+    """TWS crash: every client sees its connection closed and the simulator holds no client or line."""
+    a, b = await connect(sim, 1), await connect(sim, 2)
+    a.client.reqMktData(1, stock("SPY"), "", False, False, [])
+    await run(a.wait, "tickPrice", is_tick(1, 1))
+    await sim.drop_clients()
+    await run(a.wait, "connectionClosed")
+    await run(b.wait, "connectionClosed")
+    st = sim.stats()
+    assert st["clients"] == [] and st["active_lines"] == 0
+
+
+async def test_refuse_connections_then_listen_again_on_the_same_port(sim):
+    """Daily restart: connecting fails while the port is closed and works again afterwards, same port."""
+    p = await connect(sim, 1)
+    port = sim.port
+    sim.refuse_connections(0.3)
+    await run(p.wait, "connectionClosed")
+    assert not sim.accepting
+    with pytest.raises(ConnectionError):
+        await run(Probe(port, 2).connect, 2.0)
+
+    def reconnect_until_up() -> Probe:
+        for _ in range(400):
+            try:
+                return Probe(port, 2).connect(2.0)
+            except ConnectionError:
+                pass
+        raise AssertionError("the simulator never listened again")
+
+    q = await run(reconnect_until_up)
+    try:
+        assert sim.port == port and sim.stats()["clients"] == [2]
+    finally:
+        q.disconnect()
+
+
+async def test_nightly_reset_with_data_lost_drops_lines(sim):
+    """1100 then 1101: every market data line is gone and must be re-requested."""
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(1, stock("SPY"), "", False, False, [])
+        await run(p.wait, "tickPrice", is_tick(1, 1))
+        await sim.nightly_reset(data_lost=True, outage=0.05)
+        codes = [(await run(p.wait, "error", lambda e: e[1] in (1100, 1101, 1102)))[1] for _ in range(2)]
+        assert codes == [1100, 1101]
+        assert sim.stats()["active_lines"] == 0
+        p.client.reqMktData(1, stock("SPY"), "", False, False, [])      # the same id is free again
+        p.drain()
+        await run(p.wait, "tickPrice", is_tick(1, 1))
+    finally:
+        p.disconnect()
+
+
+async def test_nightly_reset_with_data_kept_resumes_feeds(sim):
+    """1100 then 1102: lines stay and quotes resume after the outage; none arrive during it."""
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(1, stock("SPY"), "", False, False, [])
+        await run(p.wait, "tickPrice", is_tick(1, 1))
+        await sim.nightly_reset(data_lost=False, outage=0.2)
+        await run(p.wait, "error", lambda e: e[1] == 1102)
+        assert sim.stats()["active_lines"] == 1
+        await run(p.wait, "tickPrice", lambda e: e[0] == 1 and e.ts > 0 and
+                  p.history.index(e) > next(i for i, x in enumerate(p.history) if x.name == "error" and x[1] == 1102),
+                  5.0)
+        names = [(e.name, e.args[1] if e.name == "error" else None) for e in p.history]
+        lost, back = names.index(("error", 1100)), names.index(("error", 1102))
+        assert not [n for n in names[lost:back] if n[0] in ("tickPrice", "tickSize")]
+    finally:
+        p.disconnect()
+
+
+async def test_data_farm_down_and_up(sim):
+    """2103 'Market data farm connection is broken:usfarm' pauses quotes; 2104 brings them back."""
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(1, stock("SPY"), "", False, False, [])
+        await run(p.wait, "tickPrice", is_tick(1, 1))
+        await sim.set_farm("usfarm", up=False)
+        down = await run(p.wait, "error", lambda e: e[1] == 2103)
+        assert down[0] == -1 and down[2] == "Market data farm connection is broken:usfarm"
+        await sim.set_farm("usfarm", up=True)
+        await run(p.wait, "error", lambda e: e[1] == 2104 and e.ts >= down.ts)
+        idx_down = p.history.index(down)
+        idx_up = max(i for i, e in enumerate(p.history) if e.name == "error" and e[1] == 2104)
+        assert not [e for e in p.history[idx_down:idx_up] if e.name in ("tickPrice", "tickSize")]
+        await run(p.wait, "tickSize", lambda e: e[0] == 1 and p.history.index(e) > idx_up)
+    finally:
+        p.disconnect()
+
+
+async def test_stall_delays_answers_while_streams_go_on(sim):
+    """During a stall a request is answered only later; quotes keep streaming meanwhile."""
+    p = await connect(sim)
+    try:
+        p.client.reqMktData(1, stock("SPY"), "", False, False, [])
+        await run(p.wait, "tickPrice", is_tick(1, 1))
+        sim.stall(0.5)
+        p.drain()
+        p.client.reqCurrentTime()
+        answer = await run(p.wait, "currentTime", None, 5.0)
+        before = p.history[:p.history.index(answer)]
+        last_tick_before = [e for e in before if e.name in ("tickPrice", "tickSize")]
+        assert len(last_tick_before) >= 3           # ticks kept coming while the request waited
+    finally:
+        p.disconnect()
+
+
+async def test_short_malformed_message_is_dropped_and_session_survives(sim):
+    """A message with a wrong field count is dropped by ibapi; the session still answers."""
+    p = await connect(sim)
+    try:
+        await sim.send_malformed(client_id=1, kind="short")
+        p.client.reqCurrentTime()
+        await run(p.wait, "currentTime")
+        assert p.count("tickSize", lambda e: e[0] == 999_999) == 0
+        assert p.client.isConnected()
+    finally:
+        p.disconnect()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_garbage_message_ends_the_ibapi_reader(sim):
+    """Text where numbers belong kills ibapi 9.81's reader loop: the client sees its connection closed."""
+    p = await connect(sim)
+    try:
+        await sim.send_malformed(client_id=1, kind="garbage")
+        await run(p.wait, "connectionClosed")
+    finally:
+        p.disconnect()
+
+
+async def test_silent_handshake_never_answers(sim):
+    """silent_handshake: TCP is accepted, the version message never comes."""
+    sim.silent_handshake = True
+    with pytest.raises(ProbeTimeout):
+        await run(Probe(sim.port, 4).connect, 0.3)
+    sim.silent_handshake = False
+    p = await connect(sim, 5)
+    p.disconnect()
+
+
+# ---- a client that is not ibapi ----------------------------------------------------------------------------
+
+class RawClient:
+    """The handshake by hand over a plain socket: no ibapi anywhere."""
+
+    def __init__(self, port: int, versions: str = "v157..178") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = FrameBuffer()
+        self.pending: list[list[str]] = []
+        self.sock.sendall(b"API\0" + frame(versions))
+
+    def read(self) -> list[str]:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            self.pending += [split_fields(b) for b in self.buf.feed(data)]
+        return self.pending.pop(0)
+
+    def until(self, msg_id: int) -> list[str]:
+        while True:
+            m = self.read()
+            if m[0] == str(msg_id):
+                return m
+
+    def send(self, *fields) -> None:
+        self.sock.sendall(encode(fields))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def raw_session(port: int) -> dict:
+    c = RawClient(port)
+    try:
+        out = {"version": c.read()}
+        c.send(71, 2, 9, "")                                  # startApi
+        out["accounts"] = c.until(15)
+        out["next_id"] = c.until(9)
+        c.send(49, 1)                                         # reqCurrentTime
+        out["time"] = c.until(49)
+        # reqMktData by conId only (v157 layout, no ibapi)
+        c.send(1, 11, 5, 756733, "", "", "", 0, "", "", "SMART", "", "", "", "", 0, "", 0, 0, "")
+        out["tick"] = c.until(1)
+        c.send(2, 2, 5)                                       # cancelMktData
+        c.send(9, 8, 6, 0, "MSFT", "STK", "", 0, "", "", "SMART", "", "USD", "", "", 0, "", "")
+        out["details"] = c.until(10)
+        out["details_end"] = c.until(52)
+        return out
+    finally:
+        c.close()
+
+
+async def test_raw_socket_client_without_ibapi(sim):
+    """A hand-written client (ib_async's version range) negotiates v157 and gets well-formed answers."""
+    out = await run(raw_session, sim.port)
+    assert out["version"][0] == "157" and len(out["version"]) == 2
+    assert out["accounts"] == ["15", "1", "DU1234567"]
+    assert out["next_id"][:2] == ["9", "1"] and int(out["next_id"][2]) >= 1
+    assert abs(int(out["time"][2]) - __import__("time").time()) < 5
+    tick = out["tick"]
+    assert tick[:3] == ["1", "6", "5"] and float(tick[4]) > 0
+    assert len(out["details"]) == 39 and out["details"][13] == "272093" and out["details"][5] == ""
+    assert out["details_end"] == ["52", "1", "6"]
+
+
+def too_old_client(port: int) -> bytes:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        s.sendall(b"API\0" + frame("v100..150"))
+        return s.recv(100)
+    finally:
+        s.close()
+
+
+async def test_client_without_v157_is_closed(sim):
+    """A client that cannot speak v157 is disconnected without an answer (layouts are v157 only)."""
+    assert await run(too_old_client, sim.port) == b""
+
+
+# ---- CLI --------------------------------------------------------------------------------------------------
+
+def cli_session() -> tuple[str, dict, int, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "sim.tws", "--port", "0", "--latency", "fast", "--live",
+                             "--account", "U1111111", "--account", "U2222222"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline().strip()
+        port = int(first.rsplit(":", 1)[1])
+        c = RawClient(port)
+        c.read()
+        c.send(71, 2, 1, "")
+        accounts = c.until(15)
+        c.close()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        return first, {"accounts": accounts}, proc.returncode, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+async def test_cli_prints_port_first_serves_and_stops_on_sigterm():
+    """`python -m sim.tws --port 0` prints 'listening on 127.0.0.1:<port>' first and exits 0 on SIGTERM."""
+    first, got, rc, rest = await run(cli_session)
+    assert first.startswith("listening on 127.0.0.1:")
+    assert got["accounts"] == ["15", "1", "U1111111,U2222222"]
+    assert rc == 0 and "stopped" in rest
+
+
+def test_config_refuses_non_loopback_host():
+    """The simulator never listens anywhere but loopback."""
+    with pytest.raises(ValueError):
+        SimConfig(host="0.0.0.0")
