@@ -181,6 +181,13 @@ class _Closed(Exception):
     """TWS closed the connection."""
 
 
+class _NotIB(Exception):
+    """The peer answered, but not in IB's API protocol (e.g. a web server on that port)."""
+
+
+MAX_MESSAGE = 16 * 1024 * 1024      # a length prefix beyond this is not IB talking (b"HTTP" reads as 1.2 GB)
+
+
 class _Collector:
     """An ibapi EWrapper stand-in: the decoder calls these; each call becomes an event tuple on a queue."""
 
@@ -262,7 +269,10 @@ class IbProbe:
         except asyncio.TimeoutError:
             raise _HandshakeSilent() from None
         # the answer is two fields, no message id: server version, connection time
-        self.server_version = int(fields[0])
+        try:
+            self.server_version = int(fields[0])
+        except (ValueError, IndexError):
+            raise _NotIB(f"the first answer was {fields[:2]!r}, not a server version") from None
         return self.server_version
 
     async def start(self, client_id: int, timeout: float) -> tuple[list[str], int]:
@@ -317,6 +327,8 @@ class IbProbe:
         assert self.reader is not None
         head = await self.reader.readexactly(4)
         size = struct.unpack("!I", head)[0]
+        if size > MAX_MESSAGE:
+            raise _NotIB(f"it sent {head!r}, which is not an IB API message")
         body = await self.reader.readexactly(size)
         return comm.read_fields(body)
 
@@ -328,7 +340,7 @@ class IbProbe:
                     self._decoder.interpret(fields)
                 except Exception as exc:  # one bad message must not end the check
                     self.events.put_nowait(("bad_message", repr(exc)))
-        except (asyncio.IncompleteReadError, OSError):
+        except (asyncio.IncompleteReadError, OSError, _NotIB):
             pass
         finally:
             self.events.put_nowait(("closed",))
@@ -519,6 +531,14 @@ async def check_tws(settings: Any, timeouts: Timeouts, usual_ports: Sequence[int
         _skip(results[2:], "no API session")
         await _close(probe)
         return results
+    except _NotIB as exc:
+        r3.status = FAIL
+        r3.detail = f"something other than TWS/IB Gateway answers on port {port}: {exc}"
+        r3.fix = (f"check the Socket Port in {API_SETTINGS} and set IB_PORT to it; another program holds "
+                  f"port {port}")
+        _skip(results[2:], "no API session")
+        await _close(probe)
+        return results
     except (_Closed, asyncio.IncompleteReadError, ConnectionError) as exc:
         r3.status = FAIL
         r3.detail = f"TWS closed the connection during the handshake ({type(exc).__name__})"
@@ -679,7 +699,19 @@ async def run_checks(environ: dict | None = None, config_path: Any = None, *,
     r1.status = OK
     r1.detail = _config_summary(settings)
     tws, relay = await asyncio.gather(check_tws(settings, timeouts, usual_ports, probe_symbol),
-                                      check_relay(settings, timeouts.relay))
+                                      check_relay(settings, timeouts.relay), return_exceptions=True)
+    if isinstance(tws, BaseException):
+        if not isinstance(tws, Exception):
+            raise tws
+        tws = [CheckResult(n, TITLES[n], FAIL if n == 2 else SKIP,
+                           f"the check itself failed: {type(tws).__name__}: {tws}" if n == 2 else "not checked",
+                           fix="please report this (with the lines above) to the MA Tracker team" if n == 2 else "")
+               for n in range(2, 7)]
+    if isinstance(relay, BaseException):
+        if not isinstance(relay, Exception):
+            raise relay
+        relay = CheckResult(7, TITLES[7], FAIL, f"the check itself failed: {type(relay).__name__}",
+                            fix="please report this to the MA Tracker team")
     return [r1, *tws, relay]
 
 

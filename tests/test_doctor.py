@@ -246,3 +246,20 @@ async def test_market_data_check_cancels_its_lines(make_sim):
         assert sim.stats()["lines_by_client"].get(99, 0) == 0
     finally:
         await probe.close()
+
+
+async def test_a_web_server_on_the_port_is_not_tws(tmp_path, relay):
+    """A port answering in another protocol (HTTP) fails step 3 saying something other than TWS is there."""
+    async def http(reader, writer):
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+    server = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        status, text = await run_doctor(settings_for(tmp_path, IB_PORT=port, RELAY_URL=relay.ws_url))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert status != 0
+    assert "✗ 3." in text and "something other than TWS/IB Gateway" in text
