@@ -79,6 +79,18 @@ def line_done(q: Quote, needs: int) -> bool:
     return True
 
 
+def line_settled(q: Quote, needs: int) -> bool:
+    """Done, and also holding what usually follows within milliseconds: open interest (first burst) and, when
+    greeks are wanted, the model computation (tick 13), which TWS sends right after the bid/ask/last ones. (pure)"""
+    if not line_done(q, needs | NEED_STATS):
+        return False
+    if needs & NEED_GREEKS and q.error_code is None:
+        comps = q.extra.get("computations")
+        if isinstance(comps, dict) and comps and "model" not in comps:
+            return False
+    return True
+
+
 def stock_done(q: Quote) -> bool:
     """A stock line is done once it has a price to show (or failed)."""
     if q.error_code is not None and not q.has_price:
@@ -138,7 +150,7 @@ class OptionScanner:
         needs = NEED_QUOTES | (NEED_GREEKS if need_greeks else 0) | (NEED_STATS if need_stats else 0)
         quotes = await self._fetch_many(unique, lambda q: line_done(q, needs),
                                         OPTION_TICKS, self.window, max_batch,
-                                        settle_pred=(lambda q: line_done(q, needs | NEED_STATS)))
+                                        settle_pred=lambda q: line_settled(q, needs))
         return [quotes[i] for i in index]
 
     async def get_option_data(self, contract: Contract, need_greeks: bool = True) -> Quote:
@@ -237,7 +249,9 @@ class OptionScanner:
         self.pacer.release_lines(1)
 
     async def _quote_stock(self, contract: Contract, window: float = SPOT_WINDOW) -> Quote:
-        return (await self._fetch_many([contract], stock_done, STOCK_TICKS, window, None))[0]
+        # Once there is a price, give the rest of TWS's first burst (close, volume) a moment to land.
+        return (await self._fetch_many([contract], stock_done, STOCK_TICKS, window, None,
+                                       settle_pred=lambda q: q.close is not None and q.volume is not None))[0]
 
     # --- cached lookups ---------------------------------------------------------------------------------
 

@@ -1,0 +1,246 @@
+"""The option-data flows end to end in-process: TWS simulator (fast latency, frozen market) + real ibapi bridge +
+pacer + OptionScanner (+ the dispatcher for the relay-facing errors). Loopback only, port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+
+import pytest
+
+from agent.dispatch import AgentContext, Dispatcher
+from agent.errors import InvalidRequest
+from agent.pacer import Pacer
+from agent.protocol import FetchChainPayload, FetchPricesPayload, FetchUnderlyingPayload, SellScanPayload, TickerPayload
+from agent.selection import (add_business_days, chain_expirations, merge_option_params, strike_step)
+from agent.settings import Settings
+from agent.tws import TwsBridge
+from agent.types import OptionParams
+import ib_scanner
+from ib_scanner import OptionScanner
+from sim.tws import SimConfig, TwsSimulator
+
+KEY = "flows-key-0123456789abcdef"
+FROZEN = 1e9        # seconds per market step: the simulated market stands still, so rows can be compared exactly
+
+
+@contextlib.asynccontextmanager
+async def stack(**sim_kw):
+    sim_kw.setdefault("step", FROZEN)
+    sim = TwsSimulator(SimConfig(port=0, latency="fast", seed=7, **sim_kw))
+    await sim.start()
+    pacer = Pacer()
+    bridge = TwsBridge(Settings(provider_key=KEY, ib_port=sim.port, connect_timeout=2.0), pacer)
+    try:
+        await bridge.connect()
+        scanner = OptionScanner(bridge, pacer, today=lambda: sim.market.today)
+        yield sim, bridge, pacer, scanner
+    finally:
+        await bridge.close()
+        await sim.stop()
+
+
+def dispatcher_for(bridge, pacer, scanner) -> Dispatcher:
+    d = Dispatcher(AgentContext(Settings(provider_key=KEY), pacer, bridge, scanner))
+    ib_scanner.register(d)
+    return d
+
+
+def frame(rtype: str, payload: dict, rid: str = "r1") -> dict:
+    return {"type": "request", "request_id": rid, "request_type": rtype, "payload": payload}
+
+
+def sim_listed_strikes(sim, symbol: str) -> list[float]:
+    rows = sim.market.option_params(symbol)
+    params = [OptionParams(ex, 0, tc, m, tuple(exps), tuple(ks)) for ex, tc, m, exps, ks in rows]
+    return merge_option_params(params)[1]
+
+
+def assert_row_matches_sim(sim, row: dict, *, chain: bool = True) -> None:
+    q = sim.market.option_quote(row.get("symbol") or row["ticker"], row["expiry"], row["strike"], row["right"])
+    pos = lambda x: x if x > 0 else 0.0  # noqa: E731  (IB's -1 "no bid" is 0 in rows)
+    assert row["bid"] == pos(q.bid) and row["ask"] == pos(q.ask) and row["last"] == pos(q.last)
+    expected_mid = (q.bid + q.ask) / 2 if q.bid > 0 and q.ask > 0 else pos(q.last)
+    assert row["mid"] == pytest.approx(expected_mid)
+    assert row["delta"] == pytest.approx(round(q.delta, 6))
+    assert row["implied_vol"] == pytest.approx(round(q.iv, 6))
+    if chain:
+        assert row["open_interest"] == q.open_interest and row["volume"] == q.volume
+        assert row["bid_size"] == q.bid_size and row["ask_size"] == q.ask_size
+
+
+async def sim_caught_up(bridge) -> None:
+    """The simulator handles one client's messages in order: once it answers, it has seen every earlier cancel."""
+    await bridge.current_time(timeout=5.0)
+
+
+async def test_chain_rows_equal_the_simulators_quotes_and_selection_rules():
+    """fetch_chain: expiries and strikes follow the rules on the sim's listings; every row equals the sim's quote."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        close = sim.market.today + dt.timedelta(days=30)
+        data = await scanner.fetch_chain(FetchChainPayload(ticker="AAPL", dealPrice=230.0, expectedCloseDate=close))
+        assert data["expirations"] == chain_expirations(sim.market.expirations("AAPL"), close)
+        listed = sim_listed_strikes(sim, "AAPL")
+        want = [k for k in listed if 0.75 * 230 - 1e-9 <= k <= 1.10 * 230 + 1e-9 and k % strike_step(230) == 0]
+        combos = {(e, k, r) for e in data["expirations"] for k in want for r in "CP"
+                  if sim.market.option("AAPL", e, k, r) is not None}
+        assert {(r["expiry"], r["strike"], r["right"]) for r in data["contracts"]} == combos
+        assert data["not_listed"] == len(data["expirations"]) * len(want) * 2 - len(combos)
+        for row in data["contracts"]:
+            assert_row_matches_sim(sim, row)
+        assert any(r["right"] == "P" and r["open_interest"] > 0 for r in data["contracts"])
+        assert data["spotPrice"] == pytest.approx(sim.market.stock_quote("AAPL").last)
+        await sim_caught_up(bridge)
+        assert sim.stats()["active_lines"] == 0 and pacer.lines_in_use == 0
+
+
+async def test_chain_without_deal_price_centres_on_spot_and_is_cached():
+    """dealPrice 0 uses the spot (JNPR 39.40: 2.5 grid); the same request within 60 s is served from cache."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        close = sim.market.today + dt.timedelta(days=45)
+        p = FetchChainPayload(ticker="JNPR", dealPrice=0, expectedCloseDate=close)
+        data = await scanner.fetch_chain(p)
+        spot = sim.market.stock_quote("JNPR").last
+        strikes = sorted({r["strike"] for r in data["contracts"]})
+        assert strikes and all(0.75 * spot <= k <= 1.10 * spot and k % 2.5 == 0 for k in strikes)
+        sent = sim.stats()["messages_received"]
+        again = await scanner.fetch_chain(p)
+        assert again == data and sim.stats()["messages_received"] == sent
+
+
+async def test_sell_scan_selects_ranks_and_keeps_one_right():
+    """sell_scan: expiries within N weekdays, strikes within spot x (1 +/- ntm), puts only, best yield first."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        data = await scanner.sell_scan(SellScanPayload(ticker="AAPL", right="P", ntm_pct=0.05, business_days=10))
+        today = sim.market.today
+        hi = add_business_days(today, 10).strftime("%Y%m%d")
+        assert data["expirations"] == [e for e in sim.market.expirations("AAPL") if e <= hi]
+        spot = data["spotPrice"]
+        assert all(r["right"] == "P" and spot * 0.95 <= r["strike"] <= spot * 1.05 and r["strike"] % 5 == 0
+                   for r in data["contracts"])
+        yields = [r["annual_yield"] for r in data["contracts"] if r["annual_yield"] is not None]
+        assert yields == sorted(yields, reverse=True) and len(yields) >= 3
+        for r in data["contracts"]:
+            assert_row_matches_sim(sim, r)
+            assert r["capital_at_risk"] == r["strike"] * 100
+
+
+async def test_fetch_prices_input_order_and_an_off_grid_leg_fails_alone():
+    """fetch_prices answers in input order; an unlisted strike is null with its error 200, the others are priced."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        exp = sim.market.expirations("AAPL")[2]
+        legs = [dict(ticker="AAPL", strike=235.0, expiry=exp, right="C"),
+                dict(ticker="AAPL", strike=231.0, expiry=exp, right="C"),        # not listed: error 200
+                dict(ticker="AAPL", strike=225.0, expiry=exp, right="P"),
+                dict(ticker="AAPL", strike=235.0, expiry=exp, right="C")]        # duplicate of leg 1
+        data = await scanner.fetch_prices(FetchPricesPayload(contracts=legs))
+        rows = data["contracts"]
+        assert data["success"] is True and rows[1] is None
+        assert data["errors"][0]["index"] == 1 and data["errors"][0]["code"] == 200
+        assert [(r["strike"], r["right"]) for r in (rows[0], rows[2], rows[3])] == [(235.0, "C"), (225.0, "P"),
+                                                                                   (235.0, "C")]
+        for r in (rows[0], rows[2], rows[3]):
+            assert_row_matches_sim(sim, r, chain=False)
+            assert r["gamma"] is not None and r["theta"] is not None and r["vega"] is not None
+
+
+async def test_delayed_fallback_marks_rows():
+    """TSLA (no live permission in the sim): rows come from delayed data and say delayed: true."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        exp = sim.market.expirations("TSLA")[1]
+        data = await scanner.fetch_prices(FetchPricesPayload(contracts=[dict(ticker="TSLA", strike=250.0, expiry=exp,
+                                                                             right="C")]))
+        row = data["contracts"][0]
+        assert row is not None and row["delayed"] is True and row["bid"] > 0
+        under = await scanner.fetch_underlying(FetchUnderlyingPayload(ticker="TSLA"))
+        assert under["delayed"] is True and under["price"] > 0
+        live = await scanner.fetch_underlying(FetchUnderlyingPayload(ticker="AAPL"))
+        assert live["delayed"] is False and live["price"] == sim.market.stock_quote("AAPL").last
+
+
+async def test_check_availability():
+    """check_availability counts listed expirations; an unknown symbol is simply not available."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        ok = await scanner.check_availability(TickerPayload(ticker="AAPL"))
+        assert ok == {"available": True, "expirationCount": len(sim.market.expirations("AAPL"))}
+        assert await scanner.check_availability(TickerPayload(ticker="XYZQ")) == {"available": False,
+                                                                                  "expirationCount": 0}
+
+
+async def test_relay_facing_errors_are_clear():
+    """Unknown ticker, past dates, a bad right and empty legs each get a trader-readable success:false answer."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        d = dispatcher_for(bridge, pacer, scanner)
+        today = sim.market.today
+        future = (today + dt.timedelta(days=30)).isoformat()
+        r = await d.handle(frame("fetch-chain", {"ticker": "XYZQ", "dealPrice": 10, "expectedCloseDate": future}))
+        assert r["success"] is False and "Unknown ticker 'XYZQ'" in r["error"]
+        past = (today - dt.timedelta(days=3)).isoformat()
+        r = await d.handle(frame("fetch_chain", {"ticker": "AAPL", "dealPrice": 230, "expectedCloseDate": past}))
+        assert r["success"] is False and "in the past" in r["error"]
+        r = await d.handle(frame("fetch_prices", {"contracts": [{"ticker": "AAPL", "strike": 230,
+                                                                 "expiry": past.replace("-", ""), "right": "C"}]}))
+        assert r["success"] is False and "leg 1" in r["error"] and "in the past" in r["error"]
+        r = await d.handle(frame("sell_scan", {"ticker": "AAPL", "right": "X"}))
+        assert r["success"] is False and "right must be 'C' or 'P'" in r["error"]
+        r = await d.handle(frame("fetch-prices", {"contracts": []}))
+        assert r["success"] is False and "No contracts specified" in r["error"]
+        r = await d.handle(frame("fetch_chain", {"ticker": "AAPL", "dealPrice": 230, "expectedCloseDate": "03/12/26"}))
+        assert r["success"] is False and "expectedCloseDate" in r["error"]
+
+
+async def test_unknown_ticker_raises_invalid_request():
+    """The scanner raises InvalidRequest naming the symbol (never an empty chain)."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        with pytest.raises(InvalidRequest, match="IB has no stock by that symbol"):
+            await scanner.sell_scan(SellScanPayload(ticker="XYZQ"))
+
+
+async def test_max_batch_size_bounds_lines_at_tws():
+    """_max_batch_size = 3: TWS never sees more than 3 of our lines at once, and none is left open."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        exp = sim.market.expirations("AAPL")[1]
+        legs = [dict(ticker="AAPL", strike=k, expiry=exp, right=r) for k in (220.0, 225.0, 230.0, 235.0, 240.0)
+                for r in "CP"]
+        data = await scanner.fetch_prices(FetchPricesPayload(contracts=legs, _max_batch_size=3))
+        assert sum(r is not None for r in data["contracts"]) == 10
+        await sim_caught_up(bridge)
+        stats = sim.stats()
+        assert stats["peak_lines"] <= 3 and stats["active_lines"] == 0
+
+
+async def test_cancelled_request_leaks_no_line():
+    """A chain cancelled mid-flight (relay gone, deadline) leaves no line open at TWS or in the pacer."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        close = sim.market.today + dt.timedelta(days=30)
+        task = asyncio.ensure_future(scanner.fetch_chain(FetchChainPayload(ticker="AAPL", dealPrice=230.0,
+                                                                           expectedCloseDate=close)))
+        while scanner.stats["lines_opened"] < 20:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pacer.lines_in_use == 0
+        await sim_caught_up(bridge)
+        assert sim.stats()["active_lines"] == 0
+
+
+async def test_three_concurrent_flows_trip_no_limit():
+    """Curate, Account and Monitor at once through the dispatcher: no error 100/101, no violation, all answered."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        d = dispatcher_for(bridge, pacer, scanner)
+        today = sim.market.today
+        exp = sim.market.expirations("AAPL")[1]
+        chain = frame("fetch_chain", {"ticker": "AAPL", "dealPrice": 230.0,
+                                      "expectedCloseDate": (today + dt.timedelta(days=30)).isoformat()}, "c1")
+        sell = frame("sell_scan", {"ticker": "MSFT", "right": "C", "business_days": 15}, "s1")
+        legs = [{"ticker": "AAPL", "strike": k, "expiry": exp, "right": "C"} for k in (220.0, 225.0, 230.0, 235.0)]
+        prices = frame("fetch_prices", {"contracts": legs}, "p1")
+        answers = await asyncio.gather(d.handle(chain), d.handle(sell), d.handle(prices))
+        assert [a["success"] for a in answers] == [True, True, True], [a["error"] for a in answers]
+        await sim_caught_up(bridge)
+        stats = sim.stats()
+        assert stats["violations"] == []
+        assert not [e for e in stats["errors_sent"] if e["code"] in (100, 101, 102)]
+        assert stats["active_lines"] == 0 and stats["peak_msg_rate"] <= 50
