@@ -73,3 +73,13 @@ async def test_demo_runs_end_to_end(tmp_path):
     assert "all flows answered" in text
     assert "0 pacing violations" in text and "0 still open" in text     # the agent kept IB's limits
     assert demo.DEMO_KEY not in text
+
+
+async def test_demo_reports_a_failing_flow_and_exits_non_zero(tmp_path, monkeypatch):
+    """A flow the agent cannot serve (a symbol the simulator does not list) ends the demo with exit 1 and the reason."""
+    monkeypatch.setattr(demo, "DEAL_TICKER", "ZZZZ")
+    lines: list[str] = []
+    status = await demo.run(latency="fast", out=lines.append, log_dir=tmp_path)
+    text = "\n".join(lines)
+    assert status == 1
+    assert "DEMO FAILED" in text and "fetch-chain answered HTTP 500" in text
