@@ -693,26 +693,54 @@ async def run_checks(environ: dict | None = None, config_path: Any = None, *,
             shown = "" if exc.value is None else f" (got {exc.value!r})"
             r1.status, r1.detail = FAIL, f"{exc.setting}{shown}: {exc.problem}"
             r1.fix = exc.fix
-            rest = [CheckResult(n, TITLES[n], detail="not checked: the configuration is not valid")
-                    for n in range(2, 8)]
-            return [r1] + rest
+            # A missing or wrong key is the commonest first-run problem, and TWS can be checked without it.
+            without_key = _settings_without_key(exc, environ, config_path)
+            if without_key is None:
+                rest = [CheckResult(n, TITLES[n], detail="not checked: the configuration is not valid")
+                        for n in range(2, 8)]
+                return [r1] + rest
+            tws = await _guarded_tws(without_key, timeouts, usual_ports, probe_symbol)
+            return [r1, *tws, CheckResult(7, TITLES[7], detail="not checked: no usable API key (see 1)")]
     r1.status = OK
     r1.detail = _config_summary(settings)
-    tws, relay = await asyncio.gather(check_tws(settings, timeouts, usual_ports, probe_symbol),
+    tws, relay = await asyncio.gather(_guarded_tws(settings, timeouts, usual_ports, probe_symbol),
                                       check_relay(settings, timeouts.relay), return_exceptions=True)
-    if isinstance(tws, BaseException):
-        if not isinstance(tws, Exception):
-            raise tws
-        tws = [CheckResult(n, TITLES[n], FAIL if n == 2 else SKIP,
-                           f"the check itself failed: {type(tws).__name__}: {tws}" if n == 2 else "not checked",
-                           fix="please report this (with the lines above) to the MA Tracker team" if n == 2 else "")
-               for n in range(2, 7)]
     if isinstance(relay, BaseException):
         if not isinstance(relay, Exception):
             raise relay
         relay = CheckResult(7, TITLES[7], FAIL, f"the check itself failed: {type(relay).__name__}",
                             fix="please report this to the MA Tracker team")
     return [r1, *tws, relay]
+
+
+NO_KEY = "doctor-checks-tws-without-a-key"     # stands in for a missing key so the TWS steps can still run
+
+
+def _settings_without_key(exc: ConfigError, environ: dict | None, config_path: Any) -> Any:
+    """Settings with a stand-in key when the key was the only problem; None otherwise. Never sent anywhere:
+    the relay step is skipped."""
+    if exc.setting != "IB_PROVIDER_KEY":
+        return None
+    import os
+
+    from agent.settings import load_settings
+    env = dict(os.environ if environ is None else environ)
+    env["IB_PROVIDER_KEY"] = NO_KEY
+    try:
+        return load_settings(environ=env, config_path=config_path)
+    except ConfigError:
+        return None
+
+
+async def _guarded_tws(settings: Any, timeouts: Timeouts, usual_ports: Sequence[int],
+                       symbol: str) -> list[CheckResult]:
+    try:
+        return await check_tws(settings, timeouts, usual_ports, symbol)
+    except Exception as exc:  # noqa: BLE001 - --check prints a ✗, never a traceback
+        return [CheckResult(n, TITLES[n], FAIL if n == 2 else SKIP,
+                            f"the check itself failed: {type(exc).__name__}: {exc}" if n == 2 else "not checked",
+                            fix="please report this (with the lines above) to the MA Tracker team" if n == 2 else "")
+                for n in range(2, 7)]
 
 
 def _config_summary(settings: Any) -> str:

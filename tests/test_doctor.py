@@ -263,3 +263,13 @@ async def test_a_web_server_on_the_port_is_not_tws(tmp_path, relay):
         await server.wait_closed()
     assert status != 0
     assert "✗ 3." in text and "something other than TWS/IB Gateway" in text
+
+
+async def test_missing_key_still_checks_tws(tmp_path, make_sim):
+    """No API key: step 1 fails with the key's fix, TWS is still checked, and the relay step is skipped."""
+    sim = await make_sim()
+    path = write_config(tmp_path, IB_PORT=sim.port, IB_MODE="paper")
+    results = await doctor.run_checks(environ={}, config_path=path, timeouts=FAST, usual_ports=())
+    assert results[0].status == FAIL and "IB_PROVIDER_KEY" in results[0].detail and results[0].fix
+    assert [r.status for r in results[1:6]] == [OK] * 5
+    assert results[6].status == SKIP and "no usable API key" in results[6].detail
