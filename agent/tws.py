@@ -48,12 +48,15 @@ class TwsBridge(TwsCallbacks):
     (one attempt without the supervisor), ``client_id`` (the clientId in use), ``stats()``."""
 
     def __init__(self, settings: Any, pacer: Pacer, on_event: Callable[[str, dict], None] | None = None,
-                 backoff: Backoff | None = None, *, ports: list[int] | None = None):
+                 backoff: Backoff | None = None, *, ports: list[int] | None = None,
+                 health_interval: float = 30.0, health_timeout: float = 10.0):
         self.settings = settings
         self.pacer = pacer
         self.on_event = on_event
         self.backoff = backoff or Backoff()
         self._ports = list(ports) if ports else None
+        self.health_interval = health_interval
+        self._health_timeout = health_timeout
         # state read by ib_status / agent_state
         self.connected = False
         self.reconnecting = False
@@ -317,10 +320,14 @@ class TwsBridge(TwsCallbacks):
                 self.reconnecting = False
                 self.backoff.reset()
                 session = self._session
-                # Wait for the loss (TWS exited, restarted, socket died) or a forced reconnect.
+                # Wait for the loss (TWS exited, restarted, socket died) or a forced reconnect, checking now
+                # and then that TWS still answers: a hung TWS keeps its socket open but answers nothing.
                 while session is not None and not session.lost and self._session is session:
                     kick.clear()
-                    await kick.wait()
+                    try:
+                        await asyncio.wait_for(kick.wait(), self.health_interval)
+                    except asyncio.TimeoutError:
+                        await self._health_check(session)
                 if self._stopped:
                     break
                 self.reconnecting = True
@@ -332,6 +339,17 @@ class TwsBridge(TwsCallbacks):
             self._run_task = None
             self.reconnecting = False
             await self._shutdown()
+
+    async def _health_check(self, session: Session) -> None:
+        try:
+            await self.current_time(timeout=self._health_timeout)
+        except RequestTimeout:
+            if session is self._session and not session.lost:
+                log.warning("TWS on port %s did not answer a time request within %g s: reconnecting", session.port,
+                            self._health_timeout)
+                self._on_lost(session, "TWS stopped answering")
+        except IBDisconnected:
+            pass
 
     async def _sleep_or_kick(self, delay: float) -> None:
         """Sleep ``delay`` unless reconnect() asks to go now."""

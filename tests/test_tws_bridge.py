@@ -246,12 +246,43 @@ async def sync_until_sent(b: TwsBridge) -> None:
     raise AssertionError("request was never registered")
 
 
-async def test_malformed_message_does_not_kill_the_reader():
-    """After TWS sends a message ibapi cannot decode, the session still answers requests."""
+@pytest.mark.parametrize("kind", ["short", "truncated", "garbage"])
+async def test_malformed_message_does_not_kill_the_reader(kind):
+    """After TWS sends a message ibapi cannot decode (ibapi's own loop dies on two kinds), the session still works."""
     async with simulator() as sim, bridge_for(sim.port) as b:
-        await sim.send_malformed()
+        await sim.send_malformed(kind=kind)
         assert await b.current_time() > 0
         assert b.connected
+
+
+async def test_farm_status_follows_farm_down_and_ok_messages():
+    """2103 marks the named farm down, 2104 marks it OK again; neither fails anything."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        await sim.set_farm("usfarm", up=False)
+        await sync(b)
+        assert b.farm_status["usfarm"] is False and b.farm_status["ushmds"] is True and b.connected
+        await sim.set_farm("usfarm", up=True)
+        await sync(b)
+        assert b.farm_status["usfarm"] is True
+
+
+async def test_hung_tws_is_detected_by_the_health_check():
+    """A TWS that keeps its socket but stops answering is dropped and reconnected by the supervisor."""
+    ev = Events()
+    async with simulator() as sim:
+        b = TwsBridge(settings(sim.port), Pacer(), on_event=ev, backoff=Backoff(**FAST), health_interval=0.05,
+                      health_timeout=0.2)
+        b_task = asyncio.create_task(b.run())
+        try:
+            await b.wait_connected(5.0)
+            sim.stall(0.6)
+            await ev.next("tws_lost")
+            await ev.next("tws_reconnected")
+            assert b.connected
+        finally:
+            await b.close()
+            b_task.cancel()
+            await asyncio.gather(b_task, return_exceptions=True)
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -416,6 +447,7 @@ async def test_nightly_reset_data_lost_resubscribes_open_lines():
         resync = asyncio.create_task(ev.next("tws_reconnected"))
         await sim.nightly_reset(data_lost=True)
         await resync
+        assert b.errors_seen.get(1100) == 1 and b.errors_seen.get(1101) == 1
         line.quote.bid = None                    # forget the old quote: only a re-subscribed line refills it
         assert await line.wait(lambda q: q.bid is not None, 5.0)
         assert b.data_available and line.quote.error_code is None
