@@ -454,15 +454,15 @@ def test_non_loopback_host_refused():
 
 def test_cli_prints_port_first_and_stops_on_sigterm():
     """python -m sim.relay prints "listening on 127.0.0.1:<port>" first and exits 0 on SIGTERM."""
-    proc = subprocess.Popen([sys.executable, "-m", "sim.relay", "--port", "0", "--key", "K"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        assert re.fullmatch(r"listening on 127\.0\.0\.1:\d+\n", line), line
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=WAIT * 2) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with subprocess.Popen([sys.executable, "-m", "sim.relay", "--port", "0", "--key", "K"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}) as proc:
+        try:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert re.fullmatch(r"listening on 127\.0\.0\.1:\d+\n", line), line
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=WAIT * 2) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
