@@ -167,8 +167,11 @@ def status_table(data: dict) -> str:
 def _http(method: str, url: str, body: dict | None, timeout: float) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    # no ProxyHandler settings: the relay is on 127.0.0.1, and an HTTP(S)_PROXY in the environment must not
+    # send the demo's requests (or anything else) off this machine
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:
