@@ -288,8 +288,8 @@ class TwsBridge(TwsCallbacks):
     async def _resubscribe(self, session: Session) -> None:
         """After 1101 (data lost) re-request every open line with its own reqId."""
         for line in list(self._lines.values()):
-            if line.closed or line._closing is not None:
-                continue
+            if line.closed or line._closing is not None or line.quote.error_code is not None:
+                continue        # closing, or failed for good (e.g. 200): asking again would not help
             try:
                 await self.pacer.message()
                 if line.req_id not in self._lines or line._closing is not None:

@@ -61,6 +61,10 @@ class TwsCallbacks:
             log.info("TWS %d: %s", code, message)
             if code in ticks.FARM_OK or code in ticks.FARM_INACTIVE:
                 self.farm_status[ticks.farm_name(message)] = True
+            if code in ticks.FARM_OK and self.connected and not self.data_available:
+                # After a 2110 (TWS ⇄ server link broken) a farm reporting OK again means data flows again.
+                self.data_available = True
+                self.status_message = self._connected_message()
             return
         if code in ticks.FARM_DOWN:
             log.warning("TWS %d: %s", code, message)
