@@ -68,9 +68,10 @@ class ConsoleFormatter(logging.Formatter):
 
 
 class RepeatFilter(logging.Filter):
-    """Console only: the same sentence again within ``window`` seconds is not shown again (the file keeps it).
+    """Console only: the same warning again within ``window`` seconds is not shown again (the file keeps it).
 
-    A retry loop says the same thing every few seconds while TWS is closed; the trader needs it once.
+    A retry loop warns the same thing every few seconds while TWS is closed; the trader needs it once.
+    INFO lines (requests served, state changes) always show: each one is news.
     """
 
     def __init__(self, window: float = 60.0, clock=time.monotonic):
@@ -79,6 +80,8 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
         now = self.clock()
         key = f"{record.levelno}:{record.getMessage()}"
         last = self._seen.get(key)

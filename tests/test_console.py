@@ -89,10 +89,12 @@ def test_console_one_line_and_repeats_suppressed(logs):
 
 
 def test_repeat_filter_window():
-    """RepeatFilter shows a sentence again once its window has passed."""
+    """RepeatFilter shows a warning again once its window has passed, and never hides INFO lines."""
     now = [0.0]
     f = console.RepeatFilter(window=60, clock=lambda: now[0])
-    rec = logging.LogRecord("agent", logging.INFO, "", 0, "same", None, None)
+    rec = logging.LogRecord("agent", logging.WARNING, "", 0, "same", None, None)
     assert f.filter(rec) and not f.filter(rec)
     now[0] = 61.0
     assert f.filter(rec)
+    info = logging.LogRecord("agent", logging.INFO, "", 0, "request x served in 5 ms", None, None)
+    assert f.filter(info) and f.filter(info)

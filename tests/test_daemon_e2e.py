@@ -216,7 +216,7 @@ async def stack(tmp_path, *, log: bool = False, sim_port: int = 0):
 
 
 async def test_http_through_relay_to_agent_and_tws(tmp_path):
-    """ib-status, stock-quote, fetch-prices and fetch-chain go web → relay → agent → TWS simulator and back."""
+    """ib-status, stock-quote, fetch-chain, fetch-prices and positions go web → relay → agent → TWS sim and back."""
     async with stack(tmp_path) as (sim, relay, d, task):
         status, st = await http(relay, "GET", "ib-status")
         assert status == 200 and st["connected"] is True and st["data_available"] is True
@@ -232,6 +232,10 @@ async def test_http_through_relay_to_agent_and_tws(tmp_path):
         status, prices = await http(relay, "POST", "fetch-prices", {"contracts": [
             {"ticker": "AAPL", "strike": leg["strike"], "expiry": leg["expiry"], "right": leg["right"]}]})
         assert status == 200 and prices["contracts"][0]["strike"] == leg["strike"]
+
+        status, pos = await http(relay, "GET", "positions")
+        assert status == 200 and pos["accounts"] == ["DU1234567"]
+        assert all({"account", "contract", "position", "avgCost"} <= set(p) for p in pos["positions"])
 
         status, err = await http(relay, "POST", "fetch-prices", {"contracts": []})
         assert status == 500 and "No contracts specified" in err["detail"]
@@ -288,3 +292,37 @@ async def test_clean_shutdown_mid_request_frees_every_line(tmp_path):
         assert "disconnected" in str(ei.value).lower()
         await until(lambda: sim.stats()["active_lines"] == 0)
         assert d.pacer.lines_in_use == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+async def test_sigint_stops_the_real_process_cleanly(tmp_path):
+    """ib_data_agent.py as a process: connects to TWS and relay, then SIGINT exits 0 within 2 s, no traceback."""
+    import os
+    import signal
+    from pathlib import Path
+    from sim.tws import SimConfig, TwsSimulator
+
+    root = Path(ib_data_agent.__file__).resolve().parent
+    async with TwsSimulator(SimConfig(port=0, latency="fast")) as sim, ReferenceRelay(api_key=KEY, port=0) as relay:
+        cfg = tmp_path / "config.env"
+        cfg.write_text(f"IB_PROVIDER_KEY={KEY}\nRELAY_URL={relay.ws_url}\nIB_PORT={sim.port}\n"
+                       f"LOG_DIR={tmp_path / 'logs'}\n")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("IB_", "RELAY_", "LOG_")) and k != "ALLOW_LIVE_ORDERS"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(root / "ib_data_agent.py"), "--config", str(cfg), cwd=str(root), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            await relay.wait_provider(20)
+            await relay.wait_frame(lambda f: f["type"] == "agent_state" and f["ib_connected"], 20)
+            proc.send_signal(signal.SIGINT)
+            rc = await asyncio.wait_for(proc.wait(), SHUTDOWN_LIMIT)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        out = (await proc.stdout.read()).decode()
+        assert rc == 0, out
+        assert "Connected to relay" in out and "Agent stopped" in out and "Traceback" not in out
+        assert KEY not in out
+        await until(lambda: sim.stats()["active_lines"] == 0 and sim.stats()["clients"] == [])
