@@ -167,18 +167,30 @@ async def limits_rows(sim, bridge, pacer) -> list[tuple[str, str, str]]:
 
 
 def sim_bench_rows() -> list[tuple[str, str, str]]:
+    """The simulator engineer's benchmark (bench/sim_bench.py), if present: its rows in this table's shape."""
     try:
         mod = importlib.import_module("bench.sim_bench")
     except ModuleNotFoundError:
         return []
-    for name in ("rows", "run_rows", "main_rows"):
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            out = fn()
-            if asyncio.iscoroutine(out):
-                out = asyncio.run(out)
-            return [tuple(str(c) for c in r)[:3] for r in out]
-    return [("bench/sim_bench.py", "present", "exposes no rows() function; run it on its own")]
+    fn = getattr(mod, "run", None)
+    if not callable(fn):
+        return [("bench/sim_bench.py", "present", "no run() function; run python -m bench.sim_bench")]
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001 - their benchmark failing must not hide ours
+        return [("bench/sim_bench.py", "failed", f"{type(e).__name__}: {e}")]
+    rows: list[tuple[str, str, str]] = []
+    for r in out:
+        if not isinstance(r, dict):
+            continue
+        name = f"sim: {r.get('name', '?')}"
+        if "p50_ms" in r:
+            rows.append((name, f"p50 {r['p50_ms']} ms", f"p95 {r.get('p95_ms')} ms, max {r.get('max_ms')} ms, "
+                                                         f"n={r.get('count')}"))
+        else:
+            rest = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("bench", "name", "sent_per_s"))
+            rows.append((name, f"{r.get('sent_per_s', '')} msg/s", rest))
+    return rows
 
 
 async def run(n: int, runs: int, seed: int) -> list[tuple[str, str, str]]:
