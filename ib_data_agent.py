@@ -49,13 +49,13 @@ def _split_config(args: list[str]) -> tuple[str | None, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("--check", "--demo"):
-        mode, rest = args[0], args[1:]
-        if mode == "--check":
-            from agent import doctor
-            return doctor.main(rest)
+    # --check / --demo anywhere on the line; their own options (e.g. --config for --check) go with them.
+    if "--check" in args:
+        from agent import doctor
+        return doctor.main([a for a in args if a != "--check"])
+    if "--demo" in args:
         from agent import demo
-        return demo.main(rest)
+        return demo.main([a for a in args if a != "--demo"])
     if "--version" in args:
         print(f"IB Data Agent {VERSION}")
         return EXIT_OK

@@ -259,7 +259,9 @@ def _parse(name: str, raw: str, source: str, config_path: Path | None):
     if name == "LOG_DIR":
         if not raw.strip():
             raise ConfigError(name, raw, "is empty", "delete the LOG_DIR line to log to logs/ beside the agent")
-        return Path(raw.strip()).expanduser()
+        p = Path(raw.strip()).expanduser()
+        # A double-clicked agent's working directory is anyone's guess: relative means beside the agent.
+        return p if p.is_absolute() else AGENT_DIR / p
     if name == "LOG_LEVEL":
         s = raw.strip().upper()
         if s == "WARN":

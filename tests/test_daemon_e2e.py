@@ -326,3 +326,20 @@ async def test_sigint_stops_the_real_process_cleanly(tmp_path):
         assert "Connected to relay" in out and "Agent stopped" in out and "Traceback" not in out
         assert KEY not in out
         await until(lambda: sim.stats()["active_lines"] == 0 and sim.stats()["clients"] == [])
+
+
+def test_main_routes_check_and_demo(monkeypatch):
+    """--check and --demo go to doctor.main / demo.main with the other arguments (e.g. --config)."""
+    from agent import demo, doctor
+    seen = {}
+
+    def fake(name, rc):
+        def main(argv):
+            seen[name] = argv
+            return rc
+        return main
+    monkeypatch.setattr(doctor, "main", fake("check", 0))
+    monkeypatch.setattr(demo, "main", fake("demo", 3))
+    assert ib_data_agent.main(["--config", "x.env", "--check"]) == 0
+    assert ib_data_agent.main(["--demo", "--latency", "fast"]) == 3
+    assert seen == {"check": ["--config", "x.env"], "demo": ["--latency", "fast"]}

@@ -128,3 +128,11 @@ def test_key_never_in_str_repr_or_log(caplog):
     for text in (str(s), repr(s), s.model_dump_json(), caplog.text, s.key_fingerprint, "\n".join(s.source_lines())):
         assert KEY not in text
     assert s.key_fingerprint == "key …" + KEY[-4:]
+
+
+def test_relative_log_dir_is_beside_the_agent():
+    """A relative LOG_DIR is resolved beside the agent, not in whatever folder it was started from."""
+    from agent.settings import AGENT_DIR
+    s = load_settings({"IB_PROVIDER_KEY": KEY, "LOG_DIR": "mylogs"})
+    assert s.log_dir == AGENT_DIR / "mylogs"
+    assert load_settings({"IB_PROVIDER_KEY": KEY}).log_dir == AGENT_DIR / "logs"
