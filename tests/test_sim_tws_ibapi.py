@@ -439,6 +439,21 @@ async def test_positions_account_summary_and_account_updates(sim):
         p.disconnect()
 
 
+async def test_multi_account_requests_answer_with_end_markers(make_sim):
+    """reqPositionsMulti and reqAccountUpdatesMulti (asked by ib_async on connect) answer per account + end."""
+    sim = await make_sim(accounts=("DU1", "DU2"))
+    p = await connect(sim)
+    try:
+        p.client.reqPositionsMulti(3, "DU2", "")
+        rows = [e for e in await run(p.collect, "positionMultiEnd") if e.name == "positionMulti"]
+        assert rows and {e[1] for e in rows} == {"DU2"} and {e[3].symbol for e in rows} == {"AAPL", "JNPR"}
+        p.client.reqAccountUpdatesMulti(4, "", "", True)
+        rows = [e for e in await run(p.collect, "accountUpdateMultiEnd") if e.name == "accountUpdateMulti"]
+        assert {e[1] for e in rows} == {"DU1", "DU2"} and any(e[3] == "NetLiquidation" for e in rows)
+    finally:
+        p.disconnect()
+
+
 # ---- orders -----------------------------------------------------------------------------------------------
 
 async def test_market_order_fills_with_status_sequence_execution_and_position(sim):

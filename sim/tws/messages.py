@@ -26,6 +26,7 @@ CONTRACT_DATA_END, OPEN_ORDER_END, ACCT_DOWNLOAD_END, EXECUTION_DATA_END = 52, 5
 TICK_SNAPSHOT_END, MARKET_DATA_TYPE, COMMISSION_REPORT, POSITION_DATA, POSITION_END = 57, 58, 59, 61, 62
 ACCOUNT_SUMMARY, ACCOUNT_SUMMARY_END, SECDEF_OPT_PARAMS, SECDEF_OPT_PARAMS_END = 63, 64, 75, 76
 TICK_REQ_PARAMS, COMPLETED_ORDER, COMPLETED_ORDERS_END = 81, 101, 102
+POSITION_MULTI, POSITION_MULTI_END, ACCOUNT_UPDATE_MULTI, ACCOUNT_UPDATE_MULTI_END = 71, 72, 73, 74
 
 
 def _u(v: float | None) -> object:
@@ -149,6 +150,24 @@ def account_summary(req_id: int, account: str, tag: str, value: str, currency: s
 
 def account_summary_end(req_id: int) -> list:
     return [ACCOUNT_SUMMARY_END, 1, req_id]
+
+
+def position_multi(req_id: int, account: str, ins: Instrument, qty: float, avg_cost: float,
+                   model_code: str = "") -> list:
+    return [POSITION_MULTI, 1, req_id, account, *_contract_short(ins), ins.exchange if ins.is_option else "",
+            ins.currency, ins.local_symbol, ins.trading_class, qty, avg_cost, model_code]
+
+
+def position_multi_end(req_id: int) -> list:
+    return [POSITION_MULTI_END, 1, req_id]
+
+
+def account_update_multi(req_id: int, account: str, model_code: str, key: str, value: str, currency: str) -> list:
+    return [ACCOUNT_UPDATE_MULTI, 1, req_id, account, model_code, key, value, currency]
+
+
+def account_update_multi_end(req_id: int) -> list:
+    return [ACCOUNT_UPDATE_MULTI_END, 1, req_id]
 
 
 def account_value(key: str, value: str, currency: str, account: str) -> list:

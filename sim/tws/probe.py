@@ -6,6 +6,7 @@ EClient + EWrapper in a reader thread; every callback lands in one thread-safe l
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,8 +52,9 @@ class _Wrapper(EWrapper):
 class Probe:
     """One ibapi connection. ``with Probe(port, client_id) as p: p.client.reqCurrentTime(); p.wait("currentTime")``."""
 
-    def __init__(self, port: int, client_id: int = 1, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, client_id: int = 1, host: str = "127.0.0.1", nodelay: bool = False) -> None:
         self.port, self.client_id, self.host = port, client_id, host
+        self.nodelay = nodelay      # ibapi leaves Nagle on; the benchmark measures both ways
         self.wrapper = _Wrapper(self)
         self.client = EClient(self.wrapper)
         self.history: list[Event] = []          # everything, in arrival order
@@ -86,6 +88,8 @@ class Probe:
             raise box["error"]
         if not self.client.isConnected():
             raise ConnectionError(f"could not connect to 127.0.0.1:{self.port}")
+        if self.nodelay:
+            self.client.conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._thread = threading.Thread(target=self.client.run, daemon=True, name=f"probe-{self.client_id}")
         self._thread.start()
         if wait_ready:

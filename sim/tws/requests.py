@@ -18,13 +18,15 @@ REQ_AUTO_OPEN_ORDERS, REQ_ALL_OPEN_ORDERS, REQ_MANAGED_ACCTS = 15, 16, 17
 REQ_CURRENT_TIME, REQ_GLOBAL_CANCEL, REQ_MARKET_DATA_TYPE = 49, 58, 59
 REQ_POSITIONS, REQ_ACCOUNT_SUMMARY, CANCEL_ACCOUNT_SUMMARY, CANCEL_POSITIONS = 61, 62, 63, 64
 START_API, REQ_SEC_DEF_OPT_PARAMS, REQ_COMPLETED_ORDERS = 71, 78, 99
+REQ_POSITIONS_MULTI, CANCEL_POSITIONS_MULTI, REQ_ACCOUNT_UPDATES_MULTI, CANCEL_ACCOUNT_UPDATES_MULTI = 74, 75, 76, 77
 
 NAMES = {1: "reqMktData", 2: "cancelMktData", 3: "placeOrder", 4: "cancelOrder", 5: "reqOpenOrders",
          6: "reqAccountUpdates", 7: "reqExecutions", 8: "reqIds", 9: "reqContractDetails",
          10: "reqMktDepth", 15: "reqAutoOpenOrders", 16: "reqAllOpenOrders", 17: "reqManagedAccts",
          20: "reqHistoricalData", 49: "reqCurrentTime", 50: "reqRealTimeBars", 58: "reqGlobalCancel",
          59: "reqMarketDataType", 61: "reqPositions", 62: "reqAccountSummary", 63: "cancelAccountSummary",
-         64: "cancelPositions", 71: "startApi", 78: "reqSecDefOptParams", 99: "reqCompletedOrders"}
+         64: "cancelPositions", 71: "startApi", 74: "reqPositionsMulti", 75: "cancelPositionsMulti",
+         76: "reqAccountUpdatesMulti", 77: "cancelAccountUpdatesMulti", 78: "reqSecDefOptParams", 99: "reqCompletedOrders"}
 
 
 def read_contract(f: Fields, *, primary: bool = True, trading_class: bool = True) -> RequestContract:

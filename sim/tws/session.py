@@ -587,6 +587,30 @@ class Session:
         if full:
             self.send(M.account_download_end(acct))
 
+    def req_positions_multi(self, fields: list[str]) -> None:
+        f = Fields(fields, 2)
+        rid, acct, model = f.int(), f.str(), f.str()
+        for name, account in self.sim.broker.accounts.items():
+            if acct and acct != name:
+                continue
+            for pos in account.positions.values():
+                self.send(M.position_multi(rid, name, pos.instrument, pos.qty, round(pos.avg_cost, 4), model))
+        self.send(M.position_multi_end(rid))
+
+    def req_account_updates_multi(self, fields: list[str]) -> None:
+        """Per-account values (ib_async asks for these on connect and waits for the end marker)."""
+        f = Fields(fields, 2)
+        rid, acct, model = f.int(), f.str(), f.str()
+        for name in self.sim.broker.accounts:
+            if acct and acct != name:
+                continue
+            for key, val in self.sim.broker.values(name).items():
+                self.send(M.account_update_multi(rid, name, model, key, f"{val:.2f}", "USD"))
+        self.send(M.account_update_multi_end(rid))
+
+    def cancel_multi(self, fields: list[str]) -> None:
+        """cancelPositionsMulti / cancelAccountUpdatesMulti: the answers above are one-off, nothing to stop."""
+
     # ---- orders ---------------------------------------------------------------------------------
 
     def _read_only_error(self, order_id: int) -> None:
@@ -758,4 +782,8 @@ HANDLERS = {
     R.START_API: Session.start_api_again,
     R.REQ_SEC_DEF_OPT_PARAMS: Session.req_sec_def_opt_params,
     R.REQ_COMPLETED_ORDERS: Session.req_completed_orders,
+    R.REQ_POSITIONS_MULTI: Session.req_positions_multi,
+    R.CANCEL_POSITIONS_MULTI: Session.cancel_multi,
+    R.REQ_ACCOUNT_UPDATES_MULTI: Session.req_account_updates_multi,
+    R.CANCEL_ACCOUNT_UPDATES_MULTI: Session.cancel_multi,
 }
