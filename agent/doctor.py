@@ -526,8 +526,9 @@ async def check_tws(settings: Any, timeouts: Timeouts, usual_ports: Sequence[int
         r3.status = FAIL
         r3.detail = (f"port {port} accepts TCP but never answers IB's API handshake "
                      f"(waited {timeouts.handshake:g} s)")
-        r3.fix = (f"in TWS: {API_SETTINGS}, tick 'Enable ActiveX and Socket Clients' and click Apply; if it is "
-                  f"ticked, another program holds port {port}: check the Socket Port, or restart TWS")
+        r3.fix = (f"look for a TWS dialog asking to accept the incoming API connection (add 127.0.0.1 to 'Trusted "
+                  f"IPs' to stop it); in TWS: {API_SETTINGS}, tick 'Enable ActiveX and Socket Clients' and click "
+                  f"Apply; if it is ticked, another program holds port {port}: check the Socket Port, or restart TWS")
         _skip(results[2:], "no API session")
         await _close(probe)
         return results
