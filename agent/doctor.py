@@ -475,6 +475,60 @@ async def check_market_data(probe: IbProbe, timeout: float, symbol: str = PROBE_
     return r
 
 
+class StepFailed(Exception):
+    """A step's ✗: what was found and what to do."""
+
+    def __init__(self, detail: str, fix: str):
+        super().__init__(detail)
+        self.detail, self.fix = detail, fix
+
+
+async def open_api_session(host: str, port: int, base_id: int,
+                           timeouts: Timeouts) -> tuple[IbProbe, int, list[str], int]:
+    """Step 3: handshake + startApi. Returns (probe, server version, accounts, next order id) or raises StepFailed
+    (the probe is closed then). Error 326 (clientId in use) moves on to the next id, twice."""
+    for attempt in range(3):
+        cid = base_id + attempt
+        probe = IbProbe(host, port, cid)
+        try:
+            version = await probe.open(timeouts.tcp, timeouts.handshake)
+            accounts, next_id = await probe.start(cid, timeouts.start_api)
+            return probe, version, accounts, next_id
+        except IBErrorSeen as exc:
+            await probe.close()
+            if exc.code == 326 and attempt < 2:
+                continue
+            raise StepFailed(f"TWS refused the API session: {exc}",
+                             "another program uses this clientId: close it or set IB_CLIENT_ID to another number"
+                             if exc.code == 326 else "restart TWS and try again") from None
+        except _HandshakeSilent:
+            await probe.close()
+            raise StepFailed(
+                f"port {port} accepts TCP but never answers IB's API handshake (waited {timeouts.handshake:g} s)",
+                f"look for a TWS dialog asking to accept the incoming API connection (add 127.0.0.1 to 'Trusted "
+                f"IPs' to stop it); in TWS: {API_SETTINGS}, tick 'Enable ActiveX and Socket Clients' and click "
+                f"Apply; if it is ticked, another program holds port {port}: check the Socket Port, or restart "
+                f"TWS") from None
+        except _NotIB as exc:
+            await probe.close()
+            raise StepFailed(f"something other than TWS/IB Gateway answers on port {port}: {exc}",
+                             f"check the Socket Port in {API_SETTINGS} and set IB_PORT to it; another program "
+                             f"holds port {port}") from None
+        except (_Closed, asyncio.IncompleteReadError, ConnectionError) as exc:
+            await probe.close()
+            raise StepFailed(f"TWS closed the connection during the handshake ({type(exc).__name__})",
+                             f"in TWS: {API_SETTINGS}, add 127.0.0.1 to 'Trusted IPs' (or accept the "
+                             "incoming-connection dialog), make sure no other session uses the same clientId, "
+                             "then try again") from None
+        except (asyncio.TimeoutError, OSError) as exc:
+            await probe.close()
+            raise StepFailed(f"the handshake started but TWS sent no accounts / next order id within "
+                             f"{timeouts.start_api:g} s ({type(exc).__name__})",
+                             "TWS may be showing a dialog (e.g. accept the incoming API connection) or still "
+                             "logging in") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 async def check_tws(settings: Any, timeouts: Timeouts, usual_ports: Sequence[int],
                     symbol: str = PROBE_SYMBOL) -> list[CheckResult]:
     """Steps 2–6 in order; a failed step marks those that depend on it as not checked."""
@@ -497,65 +551,15 @@ async def check_tws(settings: Any, timeouts: Timeouts, usual_ports: Sequence[int
     if not settings.ib_port:
         r2.detail += f" (IB_PORT not set; tried {', '.join(map(str, candidates))} for IB_MODE={settings.ib_mode})"
 
-    base_id = int(settings.ib_client_id) + CLIENT_ID_OFFSET
-    probe: IbProbe | None = None
     try:
-        accounts: list[str] = []
-        next_id = 1
-        for attempt in range(3):        # 326: our id is held (a running agent, or a stale session): try the next
-            probe = IbProbe(host, port, base_id + attempt)
-            try:
-                version = await probe.open(timeouts.tcp, timeouts.handshake)
-                accounts, next_id = await probe.start(base_id + attempt, timeouts.start_api)
-                break
-            except IBErrorSeen as exc:
-                await probe.close()
-                if exc.code == 326 and attempt < 2:
-                    continue
-                r3.status = FAIL
-                r3.detail = f"TWS refused the API session: {exc}"
-                r3.fix = ("error 326: another program uses this clientId; close it or set IB_CLIENT_ID to "
-                          "another number" if exc.code == 326 else "restart TWS and try again")
-                _skip(results[2:], "no API session")
-                return results
-        else:   # pragma: no cover - the loop always breaks or returns
-            pass
-        r3.status = OK
-        r3.detail = f"handshake completed (server version {version}, clientId {probe.client_id})"
-    except _HandshakeSilent:
-        r3.status = FAIL
-        r3.detail = (f"port {port} accepts TCP but never answers IB's API handshake "
-                     f"(waited {timeouts.handshake:g} s)")
-        r3.fix = (f"look for a TWS dialog asking to accept the incoming API connection (add 127.0.0.1 to 'Trusted "
-                  f"IPs' to stop it); in TWS: {API_SETTINGS}, tick 'Enable ActiveX and Socket Clients' and click "
-                  f"Apply; if it is ticked, another program holds port {port}: check the Socket Port, or restart TWS")
+        probe, version, accounts, next_id = await open_api_session(
+            host, port, int(settings.ib_client_id) + CLIENT_ID_OFFSET, timeouts)
+    except StepFailed as exc:
+        r3.status, r3.detail, r3.fix = FAIL, exc.detail, exc.fix
         _skip(results[2:], "no API session")
-        await _close(probe)
         return results
-    except _NotIB as exc:
-        r3.status = FAIL
-        r3.detail = f"something other than TWS/IB Gateway answers on port {port}: {exc}"
-        r3.fix = (f"check the Socket Port in {API_SETTINGS} and set IB_PORT to it; another program holds "
-                  f"port {port}")
-        _skip(results[2:], "no API session")
-        await _close(probe)
-        return results
-    except (_Closed, asyncio.IncompleteReadError, ConnectionError) as exc:
-        r3.status = FAIL
-        r3.detail = f"TWS closed the connection during the handshake ({type(exc).__name__})"
-        r3.fix = (f"in TWS: {API_SETTINGS}, add 127.0.0.1 to 'Trusted IPs' (or accept the incoming-connection "
-                  "dialog), make sure no other session uses the same clientId, then try again")
-        _skip(results[2:], "no API session")
-        await _close(probe)
-        return results
-    except (asyncio.TimeoutError, OSError) as exc:
-        r3.status = FAIL
-        r3.detail = (f"the handshake started but TWS sent no accounts / next order id within "
-                     f"{timeouts.start_api:g} s ({type(exc).__name__})")
-        r3.fix = "TWS may be showing a dialog (e.g. accept the incoming API connection) or still logging in"
-        _skip(results[2:], "no API session")
-        await _close(probe)
-        return results
+    r3.status = OK
+    r3.detail = f"handshake completed (server version {version}, clientId {probe.client_id})"
 
     try:
         found = account_mode(accounts)

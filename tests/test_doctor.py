@@ -273,3 +273,19 @@ async def test_missing_key_still_checks_tws(tmp_path, make_sim):
     assert results[0].status == FAIL and "IB_PROVIDER_KEY" in results[0].detail and results[0].fix
     assert [r.status for r in results[1:6]] == [OK] * 5
     assert results[6].status == SKIP and "no usable API key" in results[6].detail
+
+
+async def test_client_id_in_use_moves_to_the_next_id(tmp_path, relay, make_sim):
+    """When the doctor's clientId is held (TWS error 326), it connects with the next one and still passes."""
+    sim = await make_sim()
+    settings = settings_for(tmp_path, IB_PORT=sim.port, RELAY_URL=relay.ws_url)
+    held_id = settings.ib_client_id + doctor.CLIENT_ID_OFFSET
+    holder = doctor.IbProbe("127.0.0.1", sim.port, held_id)
+    try:
+        await holder.open(1.0, 2.0)
+        await holder.start(held_id, 2.0)
+        results = await doctor.run_checks(settings=settings, timeouts=FAST, usual_ports=())
+    finally:
+        await holder.close()
+    assert results[2].status == OK and f"clientId {held_id + 1}" in results[2].detail
+    assert all(r.ok for r in results)
