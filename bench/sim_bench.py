@@ -105,8 +105,8 @@ class _Client:
                     p.client.reqMktData(req_id, self.contracts[i % len(self.contracts)], "", False, False, [])
                     open_lines.append(req_id)
                     self.expected += 1
-                elif i % 10 == 7 and open_lines:
-                    self._cancel(open_lines.popleft(), pending)
+                elif i % 10 == 7 and open_lines and open_lines[0] not in pending:
+                    self._cancel(open_lines.popleft(), pending)      # only lines that have quoted
                 else:
                     time_q.append(time.monotonic())
                     p.client.reqCurrentTime()
