@@ -25,7 +25,7 @@ import json
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from agent.errors import ConfigError

@@ -185,14 +185,17 @@ async def test_all_pass_exits_zero(tmp_path, relay, make_sim):
     assert orders and all(o["what_if"] for o in orders)     # only a what-if preview ever reached "TWS"
 
 
-async def test_doctor_finds_tws_when_ib_port_is_unset(tmp_path, relay, make_sim):
-    """Without IB_PORT, a TWS answering on one of the usual ports is named in the fix."""
+async def test_doctor_finds_tws_when_ib_port_is_unset(make_sim):
+    """Without IB_PORT, when no candidate port for IB_MODE answers, the fix names the usual port that does."""
+    import types
     sim = await make_sim()
-    status, text = await run_doctor(settings_for(tmp_path, RELAY_URL=relay.ws_url, IB_HOST="127.0.0.1"),
-                                    usual_ports=(sim.port,))
-    # candidate ports 7497/4002/7496 are not the simulator's: the doctor says where TWS is instead
-    assert status != 0
-    assert f"seems to be on {sim.port}" in text and f"IB_PORT={sim.port}" in text
+    candidates = [closed_port(), closed_port()]     # stand-ins for 7497/4002/7496, so no real port is probed
+    settings = types.SimpleNamespace(ib_host="127.0.0.1", ib_port=None, ib_mode="paper", ib_client_id=17,
+                                     candidate_ports=lambda: candidates)
+    results = await doctor.check_tws(settings, FAST, usual_ports=(candidates[0], sim.port))
+    r2 = results[0]
+    assert r2.status == FAIL
+    assert f"seems to be on {sim.port}" in r2.detail and f"IB_PORT={sim.port}" in r2.fix
 
 
 async def test_silent_handshake_on_the_simulator(tmp_path, relay, make_sim):
