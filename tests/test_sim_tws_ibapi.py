@@ -558,6 +558,25 @@ async def test_read_only_refuses_orders_hides_them_but_keeps_data(make_sim):
         p.disconnect()
 
 
+async def test_auto_open_orders_binds_only_for_client_zero(sim):
+    """reqAutoOpenOrders from client 0 lists open orders of all clients and follows them; others get 321."""
+    master = await connect(sim, 0)
+    other = await connect(sim, 2)
+    try:
+        other.client.placeOrder(21, stock("SPY"), order("BUY", 1, "LMT", 100.0, ref="seen-by-0"))
+        await run(other.wait, "orderStatus", lambda e: e[0] == 21 and e[1] == "Submitted")
+        master.client.reqAutoOpenOrders(True)
+        evs = await run(master.collect, "openOrderEnd")
+        assert [e[2].orderRef for e in evs if e.name == "openOrder"] == ["seen-by-0"]
+        other.client.cancelOrder(21)
+        await run(master.wait, "orderStatus", lambda e: e[0] == 21 and e[1] == "Cancelled")
+        other.client.reqAutoOpenOrders(True)
+        assert (await run(other.wait, "error", lambda e: e[1] == 321))[0] == -1
+    finally:
+        master.disconnect()
+        other.disconnect()
+
+
 async def test_executions_are_reported_with_filter(sim):
     """reqExecutions replays fills (with commission reports) filtered by symbol, then execDetailsEnd."""
     p = await connect(sim)

@@ -395,3 +395,60 @@ def test_limit_order_marketable_only_at_or_through_the_touch():
     assert b.fill_price(o) is None
     o.lmt_price = q.ask
     assert b.fill_price(o) == q.ask
+
+
+# ---- properties -----------------------------------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from sim.tws.latency import Latency  # noqa: E402
+
+FIELD = st.one_of(st.integers(-10**9, 10**9), st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
+                                                          max_size=20),
+                  st.floats(allow_nan=False, allow_infinity=False, min_value=-1e9, max_value=1e9))
+
+
+@given(st.lists(st.lists(FIELD, min_size=1, max_size=12), min_size=1, max_size=5), st.integers(1, 7))
+def test_framing_round_trips_any_fields_in_any_chunking(msgs, chunk):
+    """Whatever the fields and however the stream is cut, the same field strings come back."""
+    data = b"".join(encode(m) for m in msgs)
+    buf = FrameBuffer()
+    bodies = []
+    for i in range(0, len(data), chunk):
+        bodies += buf.feed(data[i:i + chunk])
+    from sim.tws.wire import fmt
+    assert [split_fields(b) for b in bodies] == [[fmt(f) for f in m] for m in msgs]
+
+
+_MARKET, _CLOCK = make_market()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_every_listed_option_quote_is_sane(data):
+    """Any listed option at any step: bid < ask when both exist, sizes 0 exactly for -1 prices, greek signs."""
+    sym = data.draw(st.sampled_from(_MARKET.symbols()))
+    exp = data.draw(st.sampled_from(_MARKET.expirations(sym)))
+    k = data.draw(st.sampled_from(_MARKET.strikes(sym, exp)))
+    right = data.draw(st.sampled_from("CP"))
+    step = data.draw(st.integers(0, 3000))
+    q = _MARKET.option_quote(sym, exp, k, right, step)
+    if q.bid > 0 and q.ask > 0:
+        assert q.bid < q.ask
+    assert (q.bid == -1) == (q.bid_size == 0)
+    assert (q.ask == -1) == (q.ask_size == 0)
+    assert (0 <= q.delta <= 1) if right == "C" else (-1 <= q.delta <= 0)
+    assert q.gamma >= 0 and q.vega >= 0 and q.iv > 0 and q.open_interest >= 0
+
+
+def test_latency_model_is_seeded_with_a_few_slow_contracts():
+    """Realistic latency: same seed, same delays; ~3% of contracts slow (1-2 s); fast mode stays in ms."""
+    a, b = Latency("realistic", 7), Latency("realistic", 7)
+    delays = [a.first_quote(c) for c in range(2000)]
+    assert delays == [b.first_quote(c) for c in range(2000)]
+    slow = [d for d in delays if d >= 1.0]
+    assert 0.01 < len(slow) / len(delays) < 0.06 and max(delays) <= 2.0
+    assert all(0.05 <= d <= 0.30 for d in delays if d < 1.0)
+    assert all(0.10 <= a.greeks_after(c) <= 0.50 for c in range(100))
+    fast = Latency("fast", 7)
+    assert max(fast.first_quote(c) for c in range(2000)) < 0.01
