@@ -646,6 +646,8 @@ async def check_relay(settings: Any, timeout: float, version: str = "doctor") ->
     if msg.get("type") == "auth_response" and msg.get("success") is True:
         r.status = OK
         r.detail = f"authenticated at {url} (provider id {msg.get('provider_id') or '?'})"
+        r.note = ("the relay keeps one connection per key: if the agent is running, it may have been switched "
+                  "to this check for a moment; it reconnects by itself")
         return r
     r.status = FAIL
     if msg.get("type") == "auth_response":
