@@ -264,6 +264,14 @@ class Pacer:
                 fut.cancel()
             raise
 
+    def try_message(self) -> bool:
+        """Take a message token only if one is free now and nobody is waiting (never waits)."""
+        now = self._clock()
+        if not self._waiting and self._delay(now) == 0.0:
+            self._count(now)
+            return True
+        return False
+
     def _delay(self, now: float) -> float:
         return max(self._window.delay(now), self._bucket.delay(now))
 

@@ -127,8 +127,27 @@ class TwsBridge(TwsCallbacks):
             raise IBDisconnected(f"Not connected to TWS: {self.status_message}")
         return s
 
+    async def _token(self, session: Session) -> None:
+        """The pacer's token for one message on ``session``; IBDisconnected at once if the session is lost
+        while waiting (a long pacer queue must not delay the failure)."""
+        if session.lost:
+            raise IBDisconnected(f"Not connected to TWS: {self.status_message}")
+        if self.pacer.try_message():
+            return
+        token = asyncio.ensure_future(self.pacer.message())
+        try:
+            await asyncio.wait({token, session.lost_fut}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            token.cancel()
+            raise
+        if token.done():
+            token.result()
+            return
+        token.cancel()
+        raise IBDisconnected(f"Connection to TWS lost ({session.lost_fut.result()})")
+
     def _send(self, session: Session, what: str, fn: Callable, *args) -> None:
-        """Send one message now (the caller has awaited pacer.message()). Socket errors mean the link is gone."""
+        """Send one message now (the caller has its pacer token). Socket errors mean the link is gone."""
         if session is not self._session or session.lost or not session.client.connected_now():
             if session is self._session and not session.lost:
                 self._on_lost(session, "socket closed")     # ibapi saw it first; its callback is still queued
@@ -188,6 +207,8 @@ class TwsBridge(TwsCallbacks):
         if not session.lost:
             session.lost = True
             session.disconnect()
+        if not session.lost_fut.done():
+            session.lost_fut.set_result("given up")
         for fut in (session.accounts_fut, session.next_id_fut):
             if fut.done() and not fut.cancelled():
                 fut.exception()         # mark retrieved: no "exception never retrieved" noise
@@ -266,7 +287,7 @@ class TwsBridge(TwsCallbacks):
     async def _established(self, session: Session, host: str, port: int, paper: bool | None,
                            warning: str | None) -> None:
         # Ask for delayed data where there is no live permission before anyone may use the connection.
-        await self.pacer.message()
+        await self._token(session)
         self._send(session, "reqMarketDataType", session.client.reqMarketDataType, MARKET_DATA_TYPE)
         self.host, self.port, self.client_id = host, port, session.client_id
         self.accounts = list(session.accounts)
@@ -291,7 +312,7 @@ class TwsBridge(TwsCallbacks):
             if line.closed or line._closing is not None or line.quote.error_code is not None:
                 continue        # closing, or failed for good (e.g. 200): asking again would not help
             try:
-                await self.pacer.message()
+                await self._token(session)
                 if line.req_id not in self._lines or line._closing is not None:
                     continue
                 self._send(session, "reqMktData", session.client.reqMktData, line.req_id,
@@ -450,7 +471,9 @@ class TwsBridge(TwsCallbacks):
             raise RuntimeError(f"request key {key} already in flight")
         self._requests[key] = _Pending(kind, fut)
         try:
-            await self.pacer.message()
+            await self._token(session)
+            if fut.done():
+                fut.result()        # failed while waiting for the token (connection lost): raise that
             send(session, key)
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout)
@@ -504,7 +527,7 @@ class TwsBridge(TwsCallbacks):
                 session = self._session
                 if session is not None and self.connected and not session.lost:
                     try:
-                        await self.pacer.message()
+                        await self._token(session)
                         self._send(session, "cancelPositions", session.client.cancelPositions)
                     except (IBDisconnected, asyncio.CancelledError):
                         pass
@@ -515,9 +538,9 @@ class TwsBridge(TwsCallbacks):
         """Start a line for ``contract``. The caller holds a line from pacer.acquire_lines(); this consumes it
         (close_market_data or a lost connection gives it back). If this raises, the line was never opened and
         the caller still holds the reserved line."""
-        self._require()
+        session = self._require()
         ib_contract = to_ib_contract(contract)
-        await self.pacer.message()
+        await self._token(session)
         session = self._require()
         rid = self._new_req_id()
         line = MarketDataLine(self, rid, contract, generic_ticks, snapshot, session.id)
@@ -546,12 +569,12 @@ class TwsBridge(TwsCallbacks):
             session = self._session
             if (line.req_id in self._lines and session is not None and session.id == line._session_id
                     and not session.lost and not line.snapshot_done):
-                await self.pacer.message()
-                if line.req_id in self._lines and not session.lost:
-                    try:
+                try:
+                    await self._token(session)
+                    if line.req_id in self._lines and not session.lost:
                         self._send(session, "cancelMktData", session.client.cancelMktData, line.req_id)
-                    except IBDisconnected:
-                        pass
+                except IBDisconnected:
+                    pass        # the loss freed the line with all the others
         finally:
             line.closed = True
             if self._lines.pop(line.req_id, None) is not None:

@@ -206,6 +206,8 @@ class TwsCallbacks:
         if session.lost:
             return
         session.lost = True
+        if not session.lost_fut.done():
+            session.lost_fut.set_result(reason)
         for fut in (session.handshake, session.accounts_fut, session.next_id_fut):
             if not fut.done():
                 exc = (ClientIdInUse(f"clientId {session.client_id} is already in use (TWS error 326)")

@@ -133,6 +133,7 @@ class Session:
         self.accounts_fut: asyncio.Future = loop.create_future()
         self.next_id_fut: asyncio.Future = loop.create_future()
         self.ended: asyncio.Future = loop.create_future()
+        self.lost_fut: asyncio.Future = loop.create_future()   # resolved when the bridge gives the session up
         self.accounts: list[str] = []
         self.next_order_id: int | None = None
         self.established = False       # handshake, 15 and 9 all done

@@ -237,6 +237,54 @@ async def test_dropped_connection_fails_pending_request_at_once():
         assert b.stats()["pending_requests"] == 0 and not b.connected
 
 
+async def test_dropped_connection_fails_queued_requests_without_waiting_for_pacer_tokens():
+    """Requests still queued in the pacer fail with IBDisconnected when the link drops; they never go out."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        sim.stall(10)
+        sent_before = b.pacer.messages_sent
+        tasks = [asyncio.create_task(b.contract_details(AAPL, timeout=30)) for _ in range(200)]
+        await sync_until_sent(b)
+        await sim.drop_clients()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        assert all(isinstance(r, IBDisconnected) for r in results)
+        assert b.pacer.messages_sent - sent_before < 100      # most never took a token
+        assert b.stats()["pending_requests"] == 0
+
+
+async def test_callbacks_from_another_thread_become_events_and_a_bad_one_is_contained():
+    """orderStatus/execDetails from ibapi's thread reach on_event; a callback that fails on the loop is only logged."""
+    from ibapi.contract import Contract as IBContract
+    from ibapi.execution import Execution
+    import threading
+
+    ev = Events()
+    async with simulator() as sim, bridge_for(sim.port, events=ev) as b:
+        session = b._session
+        c = IBContract()
+        c.symbol = "AAPL"
+        ex = Execution()
+        ex.orderId, ex.side, ex.shares, ex.price = 7, "BOT", 100.0, 190.5
+
+        def from_ibapi_thread() -> None:
+            session.wrapper.execDetails(-1, None, None)            # fails on the loop: must be contained
+            session.wrapper.orderStatus(7, "Filled", 100.0, 0.0, 190.5, 1, 0, 190.5, 17, "", 0.0)
+            session.wrapper.execDetails(-1, c, ex)
+
+        got = asyncio.create_task(ev.next("execution"))
+        await asyncio.sleep(0)
+        th = threading.Thread(target=from_ibapi_thread)
+        th.start()
+        execution = await got
+        th.join(1)
+        status = [d for n, d in ev.seen if n == "order_status"][-1]
+        assert {k: status[k] for k in ("orderId", "status", "filled", "remaining", "avgFillPrice")} == {
+            "orderId": 7, "status": "Filled", "filled": 100.0, "remaining": 0.0, "avgFillPrice": 190.5}
+        assert {k: execution[k] for k in ("orderId", "symbol", "side", "shares", "price")} == {
+            "orderId": 7, "symbol": "AAPL", "side": "BOT", "shares": 100.0, "price": 190.5}
+        assert "ts" in status and "ts" in execution
+        assert await b.current_time() > 0 and b.connected
+
+
 async def sync_until_sent(b: TwsBridge) -> None:
     """Yield until the pending request has been registered and sent (it is sent right after its pacer token)."""
     for _ in range(100):
