@@ -344,6 +344,9 @@ class Session:
         market = self.sim.market
         ins = line.instrument
         step = self._quote_step(line)
+        if not first and line.sent.get("step") == step:
+            return              # the model only changes once per walk step: nothing new to send
+        line.sent["step"] = step
         if ins.is_option:
             q = market.option_quote(ins.symbol, ins.expiry, ins.strike, ins.right, step)
             if q.quoting or first:
@@ -402,7 +405,11 @@ class Session:
         """Option computation ticks (21): 10 bid, 11 ask, 12 last, 13 model (80-83 when delayed)."""
         ins = line.instrument
         market = self.sim.market
-        q = market.option_quote(ins.symbol, ins.expiry, ins.strike, ins.right, self._quote_step(line))
+        step = self._quote_step(line)
+        if line.sent.get("greeks_step") == step:
+            return
+        line.sent["greeks_step"] = step
+        q = market.option_quote(ins.symbol, ins.expiry, ins.strike, ins.right, step)
         t = market.years_to(ins.expiry)
         und = round(q.und_price, 4)
         for tick, price in ((10, q.bid), (11, q.ask), (12, q.last)):
