@@ -25,7 +25,7 @@ from agent.relay import RelayClient
 
 log = logging.getLogger("agent.daemon")
 
-CLOSE_TIMEOUT = 1.5      # Ctrl+C must exit within 2 s: this is the budget for cancelling lines + disconnecting
+CLOSE_TIMEOUT = 0.8      # Ctrl+C must exit within 2 s: the relay drains requests <= 1 s, then this for TWS
 
 
 def first_error(exc: BaseException) -> BaseException:

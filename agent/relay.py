@@ -99,7 +99,7 @@ class RelayClient:
                  version: str = VERSION, heartbeat_interval: float = 10.0, backoff: Backoff | None = None,
                  auth_fail_delay: float = 300.0, auth_timeout: float = 10.0, open_timeout: float = 10.0,
                  ping_interval: float | None = 30.0, ping_timeout: float | None = 60.0,
-                 close_timeout: float = 1.0, drain_timeout: float = 5.0,
+                 close_timeout: float = 1.0, drain_timeout: float = 1.0,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, max_queued: int = 1000):
         self.settings = settings
         self.url: str = settings.relay_url
@@ -339,7 +339,11 @@ class RelayClient:
         await ws.send(text)
 
     async def _cancel_inflight(self) -> None:
-        """Cancel requests of a closed session and wait (bounded) for their finally blocks to free lines."""
+        """Cancel requests of a closed session and wait (bounded) for their finally blocks to free lines.
+
+        Bounded short (drain_timeout, 1 s): Ctrl+C must exit within 2 s, and a request that is slow to honour
+        its cancellation must not hold up the reconnect either. Stragglers stay tracked and finish on their own.
+        """
         tasks = list(self._inflight)
         if not tasks:
             return
