@@ -42,10 +42,10 @@ class _Pending:
     items: list = field(default_factory=list)
 
 
-
 class TwsBridge(TwsCallbacks):
-    """See docs/design.md "TWS bridge". Additions: ``ports`` (candidate ports for tests), ``connect()``
-    (one attempt without the supervisor), ``client_id`` (the clientId in use), ``stats()``."""
+    """See docs/design.md "TWS bridge". Additions: ``ports`` (candidate ports for tests), ``health_interval`` /
+    ``health_timeout`` (hung-TWS check), ``connect()`` (one attempt without the supervisor),
+    ``wait_lines_closed()``, ``client_id`` (the clientId in use), ``open_lines``, ``stats()``."""
 
     def __init__(self, settings: Any, pacer: Pacer, on_event: Callable[[str, dict], None] | None = None,
                  backoff: Backoff | None = None, *, ports: list[int] | None = None,
@@ -226,7 +226,7 @@ class TwsBridge(TwsCallbacks):
                 last = e
                 nxt = f"trying clientId {cid + 1}" if i + 1 < CLIENT_ID_TRIES else "giving up for now"
                 self.status_message = (f"clientId {cid} is in use on port {port} (TWS error 326: another program, "
-                                       f"or our previous session TWS has not released yet) — {nxt}")
+                                       f"or our previous session that TWS has not released yet) — {nxt}")
                 log.warning(self.status_message)
                 continue
             if i:
@@ -279,6 +279,9 @@ class TwsBridge(TwsCallbacks):
             self.status_message = (f"Could not connect to TWS/IB Gateway at {host} on ports "
                                    f"{', '.join(map(str, ports))} — start TWS (or IB Gateway), enable the API "
                                    f"(Global Configuration → API → Settings) and check the port")
+            odd = [str(p) for p in problems if isinstance(p, (HandshakeTimeout, ClientIdInUse))]
+            if odd:
+                self.status_message += ". Also: " + " ".join(odd)
         for kind in (HandshakeTimeout, ClientIdInUse):
             if problems and all(isinstance(p, kind) for p in problems):
                 raise kind(self.status_message)
@@ -428,12 +431,11 @@ class TwsBridge(TwsCallbacks):
         await self._shutdown()
         if run_task is not None and run_task is not asyncio.current_task() and not run_task.done():
             run_task.cancel()
-            try:
-                await asyncio.wait_for(asyncio.shield(run_task), 1.0)
-            except (asyncio.CancelledError, asyncio.TimeoutError):
-                pass
-            except Exception:       # noqa: BLE001
-                log.debug("supervisor ended with an error", exc_info=True)
+            # asyncio.wait: the supervisor ending cancelled is the expected outcome, not our own cancellation.
+            done, _ = await asyncio.wait({run_task}, timeout=1.0)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    log.debug("supervisor ended with an error: %r", t.exception())
 
     async def _shutdown(self) -> None:
         self._closing = True
@@ -447,10 +449,7 @@ class TwsBridge(TwsCallbacks):
             if session is not None:
                 self._on_lost(session, "closed by the agent")
                 self._session = None
-                try:
-                    await asyncio.wait_for(asyncio.shield(session.ended), 1.0)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
-                    pass
+                await asyncio.wait({session.ended}, timeout=1.0)   # the session thread is gone (or 1 s passed)
             self.connected = False
             self.status_message = "Disconnected from TWS (agent stopped)"
             for t in list(self._tasks):
