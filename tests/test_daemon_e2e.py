@@ -276,6 +276,7 @@ async def test_no_secret_in_log_file(tmp_path):
         text = (tmp_path / "logs" / "agent.log").read_text()
     assert "Connected to relay" in text and "request fetch_underlying served" in text
     assert KEY not in text and "a careless line with the key ***" in text
+    assert KEY[:20] not in text      # not even a truncated frame dump (websockets' debug log cuts long frames)
 
 
 async def test_clean_shutdown_mid_request_frees_every_line(tmp_path):
