@@ -95,6 +95,12 @@ class TwsCallbacks:
             self.read_only_session = True
         if code == ticks.PACING_VIOLATION:
             log.error("TWS %d (pacing violation): %s — the pacer should have prevented this", code, message)
+            if req_id < 0:
+                return
+        if code in (502, 504) and not session.established:
+            # ibapi's own "couldn't connect" / "not connected" during an attempt: the supervisor says it once.
+            log.debug("TWS %d during connect: %s", code, message)
+            return
         pend = self._requests.get(req_id)
         if pend is not None:
             if not pend.future.done():
@@ -230,8 +236,10 @@ class TwsCallbacks:
             self._connected_evt.clear()
         self._fail_all(IBDisconnected, f"Connection to TWS lost ({reason})")
         if was_connected:
-            log.warning("Lost the connection to TWS on port %s (%s)", session.port, reason)
-            if not self._closing:
+            if self._closing:
+                log.info("Disconnected from TWS on port %s", session.port)
+            else:
+                log.warning("Lost the connection to TWS on port %s (%s)", session.port, reason)
                 self.status_message = f"Lost the connection to TWS on port {session.port}; reconnecting"
             self._emit("tws_lost", {})
         if session.established and self._kick_evt is not None:
