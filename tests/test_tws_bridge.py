@@ -411,6 +411,17 @@ async def test_option_line_gets_greeks_and_failed_line_wakes_waiter():
         assert b.pacer.lines_in_use == 0
 
 
+async def test_no_live_permission_gives_delayed_quotes_not_a_failure():
+    """Without live permission (reqMarketDataType 3 sent on connect) TWS sends 10167 and delayed ticks: the
+    quote is marked delayed, carries prices and is not failed."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        line = await open_line(b, Contract.stock("TSLA"))
+        assert await line.wait(lambda q: q.bid is not None and q.ask is not None, 5.0)
+        assert line.quote.delayed and line.quote.error_code is None and not line.quote.failed
+        assert b.errors_seen.get(10167) == 1
+        await b.close_market_data(line)
+
+
 async def test_wait_times_out_false():
     """wait() returns False when the predicate never holds and the line does not fail."""
     async with simulator() as sim, bridge_for(sim.port) as b:
