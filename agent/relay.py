@@ -79,7 +79,7 @@ def describe_fault(exc: BaseException) -> str:
         rc = exc.rcvd
         if rc is None:
             return "connection dropped"
-        return f"closed by the relay, code {rc.code}" + (f" ({rc.reason})" if rc.reason else "")
+        return f"closed by the relay with code {rc.code}" + (f": {rc.reason}" if rc.reason else "")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate check failed ({exc.verify_message})"
     if isinstance(exc, ConnectionRefusedError):
@@ -130,6 +130,7 @@ class RelayClient:
         self._loop_thread: int | None = None
         self._guidance_shown = False
         self._session_was_up = False
+        self._close_reason = "closed by the relay"
 
     # --- pushes (never block; safe from any thread) -----------------------------------------------
 
@@ -185,7 +186,7 @@ class RelayClient:
                 continue
             except EXPECTED as e:
                 fault = e
-            reason = describe_fault(fault) if fault is not None else "closed by the relay"
+            reason = describe_fault(fault) if fault is not None else self._close_reason
             self.last_fault = reason
             delay = self.backoff.next()
             if self._session_was_up:
@@ -241,6 +242,9 @@ class RelayClient:
             finally:
                 self.connected = False
                 self.connected_event.clear()
+                code, why = getattr(ws, "close_code", None), getattr(ws, "close_reason", "")
+                self._close_reason = ("closed by the relay" + (f" with code {code}" if code is not None else "")
+                                      + (f": {why}" if why else ""))
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
