@@ -133,6 +133,7 @@ async def test_reconnect_after_kick_and_relay_restart(relay):
         await relay.wait_no_provider(5)
         await relay.wait_provider(5)
         assert relay.providers_seen == 2
+        assert client.last_fault == "closed by the relay with code 1001: Relay restarting"
         port = relay.port
         await relay.stop()
         relay2 = ReferenceRelay(api_key=KEY, port=port)
