@@ -31,7 +31,8 @@ __all__ = ["Backoff", "MarketDataLine", "TwsBridge", "accounts_are_paper", "mism
 log = logging.getLogger("agent.tws")
 
 CLIENT_ID_TRIES = 4          # 326: try clientId, clientId+1, ... this many in all
-CLOSE_CANCEL_BUDGET = 0.5    # close(): seconds allowed for polite cancelMktData before the socket goes
+CLOSE_CANCEL_BUDGET = 0.3    # close(): seconds allowed for polite cancelMktData before the socket goes
+THREAD_END_WAIT = 0.5        # close(): how long to wait for the session thread to finish (it needs ~0.1 s)
 MARKET_DATA_TYPE = 3         # delayed where there is no live permission, live where there is
 
 
@@ -362,7 +363,8 @@ class TwsBridge(TwsCallbacks):
             self._supervised = False
             self._run_task = None
             self.reconnecting = False
-            await self._shutdown()
+            # Cancelled (Ctrl+C): no polite cancels, TWS drops a closed client's lines itself. Be quick.
+            await self._shutdown(polite=False)
 
     async def _health_check(self, session: Session) -> None:
         try:
@@ -432,16 +434,16 @@ class TwsBridge(TwsCallbacks):
         if run_task is not None and run_task is not asyncio.current_task() and not run_task.done():
             run_task.cancel()
             # asyncio.wait: the supervisor ending cancelled is the expected outcome, not our own cancellation.
-            done, _ = await asyncio.wait({run_task}, timeout=1.0)
+            done, _ = await asyncio.wait({run_task}, timeout=THREAD_END_WAIT + 0.2)
             for t in done:
                 if not t.cancelled() and t.exception() is not None:
                     log.debug("supervisor ended with an error: %r", t.exception())
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, polite: bool = True) -> None:
         self._closing = True
         try:
             session = self._session
-            if session is not None and not session.lost and self._lines:
+            if polite and session is not None and not session.lost and self._lines:
                 try:
                     await asyncio.wait_for(self._cancel_all_lines(session), CLOSE_CANCEL_BUDGET)
                 except (asyncio.TimeoutError, IBDisconnected):
@@ -449,7 +451,7 @@ class TwsBridge(TwsCallbacks):
             if session is not None:
                 self._on_lost(session, "closed by the agent")
                 self._session = None
-                await asyncio.wait({session.ended}, timeout=1.0)   # the session thread is gone (or 1 s passed)
+                await asyncio.wait({session.ended}, timeout=THREAD_END_WAIT)   # the session thread is gone
             self.connected = False
             self.status_message = "Disconnected from TWS (agent stopped)"
             for t in list(self._tasks):

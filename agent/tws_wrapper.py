@@ -91,7 +91,7 @@ class GuardedClient(EClient):
         while self.connected_now() or not self.msg_queue.empty():
             try:
                 try:
-                    text = self.msg_queue.get(block=True, timeout=0.2)
+                    text = self.msg_queue.get(block=True, timeout=0.1)   # bounds how long a closed session lingers
                 except queue.Empty:
                     continue
                 if len(text) > MAX_MSG_LEN:
