@@ -299,3 +299,31 @@ def test_config_refuses_non_loopback_host():
     """The simulator never listens anywhere but loopback."""
     with pytest.raises(ValueError):
         SimConfig(host="0.0.0.0")
+
+
+def fuzz_session(port: int) -> list[list[str]]:
+    """Every implemented message id, short of fields or with text in number fields, then a round trip."""
+    from sim.tws.session import HANDLERS
+    c = RawClient(port)
+    try:
+        c.read()
+        c.send(71, 2, 11, "")
+        c.until(9)
+        for msg_id in sorted(HANDLERS):
+            if msg_id == 71:
+                continue
+            c.send(msg_id)                                   # nothing but the id
+            c.send(msg_id, "x", "y", "z")                    # text where numbers belong
+            c.send(msg_id, 1, 1, "AAPL", "OPT", "2", "abc")  # a contract cut short
+        c.send(49, 1)
+        return [c.until(49)] + [m for m in c.pending if m[0] == "4"]
+    finally:
+        c.close()
+
+
+async def test_malformed_requests_never_end_the_session(sim):
+    """Truncated or non-numeric requests get error 320 (or a request error); the session keeps answering."""
+    out = await run(fuzz_session, sim.port)
+    assert out[0][:2] == ["49", "1"]
+    codes = {e["code"] for e in sim.stats()["errors_sent"] if e["client_id"] == 11}
+    assert 320 in codes and sim.stats()["clients"] == [11]
