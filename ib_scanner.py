@@ -30,7 +30,7 @@ from agent.rows import (chain_row, has_two_sided_nothing, price_row, rank_for_se
                         underlying_row)
 from agent.pacer import SMALL_REQUEST_LINES
 from agent.selection import (chain_expirations, chain_strikes, check_request_size,
-                             concurrency, dedupe, merge_option_params, option_contracts, pick_multiplier,
+                             concurrency, dedupe, listed_contracts, merge_option_params, pick_multiplier,
                              sell_scan_expirations, sell_scan_strikes, add_business_days)
 from agent.types import Contract, ContractInfo, Quote
 
@@ -45,6 +45,7 @@ NO_SECURITY = 200            # IB: no security definition has been found for the
 CHAIN_TTL = 60.0             # fetch_chain answers, per request key (the original's cache)
 PARAMS_TTL = 15 * 60.0       # expirations/strikes from reqSecDefOptParams
 SPOT_WINDOW = 4.0            # a stock quote may take longer than an option's (delayed data, first request)
+LISTING_TIMEOUT = 4.0        # one expiry's contract list (reqContractDetails, partly specified); else keep all strikes
 SETTLE = 0.3                 # after quotes + greeks, how long a chain line waits for volume / open interest
 
 # What a line must have before it can be cancelled early.
@@ -134,6 +135,7 @@ class OptionScanner:
         self._stocks: dict[str, ContractInfo] = {}            # conIds for the session
         self._params: dict[str, _Cached] = {}                 # symbol -> (expirations, strikes, multiplier)
         self._chains: dict[tuple, _Cached] = {}               # fetch_chain answers
+        self._listings: dict[tuple, _Cached] = {}             # (symbol, expiry) -> strikes IB lists
         self._inflight: dict[tuple, asyncio.Future] = {}      # single-flight for the lookups above
         self.stats = {"contracts": 0, "lines_opened": 0, "early_ends": 0, "window_ends": 0, "chain_cache_hits": 0}
 
@@ -169,7 +171,10 @@ class OptionScanner:
         all_tasks: list[asyncio.Task] = []
         next_i = 0
 
+        started: set[int] = set()
+
         async def one(i: int) -> None:
+            started.add(i)      # from here on _fetch_one owns the reserved line (opens it or releases it)
             results[i] = await self._fetch_one(contracts[i], done, ticks, window, settle_pred)
 
         try:
@@ -190,6 +195,7 @@ class OptionScanner:
                             self.pacer.release_lines(1)
                             continue
                         t = asyncio.ensure_future(one(next_i))
+                        t.index = next_i            # type: ignore[attr-defined]
                         next_i += 1
                         running.add(t)
                         all_tasks.append(t)
@@ -204,6 +210,10 @@ class OptionScanner:
                     raise t.exception()
         finally:
             await _settle_all(all_tasks)
+            # A task cancelled before its first step never ran: the line reserved for it is still ours.
+            unstarted = sum(1 for t in all_tasks if t.index not in started)  # type: ignore[attr-defined]
+            if unstarted:
+                self.pacer.release_lines(unstarted)
         self.stats["contracts"] += n
         return [q if q is not None else Quote(error="not fetched") for q in results]
 
@@ -309,6 +319,35 @@ class OptionScanner:
 
         return await self._once(("params", sym), lookup)
 
+    async def listed_strikes(self, ticker: str, expiry: str, multiplier: str = "100") -> frozenset[float] | None:
+        """The strikes IB lists for one expiry (one contract-details request for the whole expiry, calls only;
+        cached 15 minutes). None when IB does not say in time: then every merged strike is asked for."""
+        sym = ticker.strip().upper()
+        key = (sym, expiry)
+        hit = self._listings.get(key)
+        if hit is not None and self._clock() - hit.at < PARAMS_TTL:
+            return hit.value
+
+        async def lookup() -> frozenset[float] | None:
+            probe = Contract(symbol=sym, sec_type="OPT", expiry=expiry, right="C", multiplier=multiplier)
+            try:
+                infos = await self.bridge.contract_details(probe, timeout=LISTING_TIMEOUT)
+            except (IBError, RequestTimeout) as e:
+                log.info("no contract list for %s %s (%s): asking for every merged strike", sym, expiry, e)
+                return None
+            value = frozenset(round(i.contract.strike, 4) for i in infos if i.contract.strike > 0)
+            if not value:
+                return None
+            self._listings[key] = _Cached(self._clock(), value)
+            return value
+
+        return await self._once(("listing", sym, expiry), lookup)
+
+    async def _listed(self, ticker: str, expiries: Sequence[str], strikes: Sequence[float], rights: Sequence[str],
+                      multiplier: str) -> tuple[list[Contract], int]:
+        listings = await _gather(*(self.listed_strikes(ticker, e, multiplier) for e in expiries))
+        return listed_contracts(ticker, expiries, strikes, rights, dict(zip(expiries, listings)), multiplier)
+
     async def get_available_expirations(self, ticker: str) -> list[str]:
         """Listed expirations from today on (YYYYMMDD, sorted)."""
         exps, _, _ = await self.option_chain_params(ticker)
@@ -357,7 +396,7 @@ class OptionScanner:
             if not sel_strikes:
                 raise InvalidRequest(f"IB lists no {p.ticker} strike between {0.75 * ref:.2f} and {1.10 * ref:.2f} "
                                      f"(0.75-1.10 x {ref:g}); check the deal price")
-            contracts = option_contracts(p.ticker, sel_exps, sel_strikes, ("C", "P"), mult)
+            contracts, skipped = await self._listed(p.ticker, sel_exps, sel_strikes, ("C", "P"), mult)
             check_request_size("fetch_chain", len(contracts),
                                "This symbol lists too many strikes for one chain: price the strikes you need with "
                                "fetch-prices instead.", self.msg_rate)
@@ -368,7 +407,7 @@ class OptionScanner:
             await _settle_all([spot_task])
         rows = [chain_row(c, q) for c, q in zip(contracts, quotes) if q.error_code != NO_SECURITY]
         data = {"ticker": p.ticker, "spotPrice": spot if spot is not None else 0.0, "expirations": sel_exps,
-                "contracts": rows, "not_listed": len(contracts) - len(rows),
+                "contracts": rows, "not_listed": skipped + len(contracts) - len(rows),
                 "delayed": any(r["delayed"] for r in rows)}
         self._chains[key] = _Cached(self._clock(), copy.deepcopy(data))
         return data
@@ -397,7 +436,7 @@ class OptionScanner:
         if not sel_strikes:
             raise InvalidRequest(f"IB lists no {p.ticker} strike within {p.ntm_pct:.0%} of the price {spot:g}: "
                                  f"raise ntm_pct")
-        contracts = option_contracts(p.ticker, sel_exps, sel_strikes, (p.right,), mult)
+        contracts, _ = await self._listed(p.ticker, sel_exps, sel_strikes, (p.right,), mult)
         check_request_size("sell_scan", len(contracts), "Lower business_days or ntm_pct.", self.msg_rate)
         quotes = await self.get_option_data_batch(contracts, need_greeks=True, max_batch=p.max_batch_size)
         rows = rank_for_seller(sell_row(c, q, spot, today) for c, q in zip(contracts, quotes)

@@ -123,6 +123,25 @@ def option_contracts(symbol: str, expiries: Iterable[str], strikes: Iterable[flo
             for e in expiries for k in strikes for r in rights]
 
 
+def listed_contracts(symbol: str, expiries: Iterable[str], strikes: Iterable[float], rights: Iterable[str],
+                     listings: dict, multiplier: str = "100") -> tuple[list[Contract], int]:
+    """Like ``option_contracts``, but per expiry only the strikes IB lists for that expiry (``listings[expiry]``,
+    a set of strikes; None = unknown, keep them all). Returns the contracts and how many combinations were
+    left out because IB does not list them (each would have cost two messages and an error 200)."""
+    rights = list(rights)
+    strikes = list(strikes)
+    out: list[Contract] = []
+    skipped = 0
+    for e in expiries:
+        have = listings.get(e)
+        for k in strikes:
+            if have is not None and round(k, 4) not in have:
+                skipped += len(rights)
+                continue
+            out.extend(Contract.option(symbol, e, k, r, multiplier=multiplier) for r in rights)
+    return out, skipped
+
+
 def dedupe(contracts: Sequence[Contract]) -> tuple[list[Contract], list[int]]:
     """Unique contracts (first occurrence order) and, for each input, the index of its unique contract."""
     seen: dict[tuple, int] = {}

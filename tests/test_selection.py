@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from agent.errors import RequestTooLarge
 from agent.selection import (add_business_days, chain_expirations, chain_strikes, check_request_size, concurrency,
-                             dedupe, estimate_seconds, max_contracts, merge_option_params, option_contracts,
+                             dedupe, estimate_seconds, listed_contracts, max_contracts, merge_option_params, option_contracts,
                              pick_multiplier, sell_scan_expirations, sell_scan_strikes, strike_step)
 from agent.types import Contract, OptionParams
 
@@ -153,3 +153,12 @@ def test_request_size_limit_fits_inside_relay_wait():
     for kind, wait in (("fetch_chain", 180), ("sell_scan", 120), ("fetch_prices", 60)):
         assert estimate_seconds(max_contracts(kind)) <= wait / 2
         assert estimate_seconds(max_contracts(kind) + 2) > wait / 2
+
+
+def test_listed_contracts_keeps_only_strikes_listed_for_each_expiry():
+    """Per expiry only IB's listed strikes are asked for; an expiry with an unknown listing keeps them all."""
+    cs, skipped = listed_contracts("AAPL", ["20260116", "20260220"], [95.0, 100.0, 105.0], ["C", "P"],
+                                   {"20260116": frozenset({100.0}), "20260220": None})
+    assert [(c.expiry, c.strike) for c in cs][::2] == [("20260116", 100.0), ("20260220", 95.0),
+                                                       ("20260220", 100.0), ("20260220", 105.0)]
+    assert skipped == 4
