@@ -183,10 +183,9 @@ class Session:
                     log.info("connection %d: message %s before startApi ignored", self.conn_no, fields[:1])
                     continue
                 f = Fields(fields, 2)
-                client_id = f.int()
-                if not self.sim._register(self, client_id):
+                self.client_id = f.int()          # set first so a 326 is recorded against it
+                if not self.sim._register(self, self.client_id):
                     return
-                self.client_id = client_id
                 self.started = True
                 self.sim._count_message(self)
                 self._greet()
@@ -680,7 +679,7 @@ class Session:
             return
         order.status = "PreSubmitted"
         sim._publish_order(order)
-        self.spawn(sim._submit(order))
+        sim._spawn(sim._submit(order), name=f"sim-submit-{order.perm_id}")   # orders outlive the session
 
     def cancel_order(self, fields: list[str]) -> None:
         sim = self.sim
