@@ -172,6 +172,7 @@ class OptionScanner:
         next_i = 0
 
         started: set[int] = set()
+        index_of: dict[asyncio.Task, int] = {}
 
         async def one(i: int) -> None:
             started.add(i)      # from here on _fetch_one owns the reserved line (opens it or releases it)
@@ -195,7 +196,7 @@ class OptionScanner:
                             self.pacer.release_lines(1)
                             continue
                         t = asyncio.ensure_future(one(next_i))
-                        t.index = next_i            # type: ignore[attr-defined]
+                        index_of[t] = next_i
                         next_i += 1
                         running.add(t)
                         all_tasks.append(t)
@@ -211,7 +212,7 @@ class OptionScanner:
         finally:
             await _settle_all(all_tasks)
             # A task cancelled before its first step never ran: the line reserved for it is still ours.
-            unstarted = sum(1 for t in all_tasks if t.index not in started)  # type: ignore[attr-defined]
+            unstarted = sum(1 for t in all_tasks if index_of[t] not in started)
             if unstarted:
                 self.pacer.release_lines(unstarted)
         self.stats["contracts"] += n
