@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from agent.dispatch import (IB_NOT_CONNECTED, AgentContext, Dispatcher, agent_state, register_core)
 from agent.errors import IBDisconnected, IBError
@@ -222,3 +223,27 @@ async def test_agent_state_fields():
     assert st["type"] == "agent_state" and st["ib_connected"] is True and st["ib_farms"] == {"usfarm": True}
     assert st["available_scan_lines"] == 90 and st["scan_batch_size"] == 50 and st["max_lines"] == 100
     assert st["ib_account"] == "DU1234567" and st["paper"] is True
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                                 max_size=4), max_leaves=12)
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rtype=st.sampled_from(["ib_status", "fetch-prices", "place_order", "cancel-order", "get_positions", "nope",
+                              "", 5, None]),
+       payload=_json, rid=st.one_of(st.text(max_size=8), st.none(), st.integers()))
+def test_garbage_frames_never_raise(rtype, payload, rid):
+    """Any frame shape gets either no answer (no request_id) or one well-formed response; never an exception."""
+    d = make()
+
+    async def h(ctx, p):
+        return {"ok": True}
+    d.add("fetch_prices", FetchPricesPayload, h, 55)
+    frame = {"type": "request", "request_id": rid, "request_type": rtype, "payload": payload}
+    r = asyncio.run(d.handle(json.dumps(frame)))
+    if r is not None:
+        assert r["type"] == "response" and r["request_id"] == rid and isinstance(r["success"], bool)
+        assert (r["error"] is None) == r["success"]
+        json.dumps(r, allow_nan=False)

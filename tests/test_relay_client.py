@@ -202,3 +202,17 @@ async def test_unreachable_relay_backs_off_with_growing_delays():
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert delays == [1.5, 1.0, 2.0, 4.0, 4.0, 4.0] and client.last_fault == "connection refused"
+
+
+async def test_push_from_another_thread(relay):
+    """push() from a non-loop thread (e.g. ibapi's reader) is handed to the loop and reaches the relay."""
+    import threading
+    async with running(relay) as client:
+        await asyncio.wait_for(client.connected_event.wait(), 5)
+        event = {"event": "execution", "orderId": 3, "symbol": "AAPL", "side": "BOT", "shares": 1, "price": 1.0,
+                 "ts": 1.0}
+        t = threading.Thread(target=client.on_bridge_event, args=("execution", event))
+        t.start()
+        t.join(5)
+        await relay.wait_frame(lambda f: f["type"] == "account_event" and f["event"]["event"] == "execution", 5)
+        assert relay.events[-1]["orderId"] == 3
