@@ -102,7 +102,7 @@ async def test_client_id_in_use_gets_326_and_is_disconnected(sim):
 # ---- market data ------------------------------------------------------------------------------------------
 
 async def test_stock_stream_quotes_and_generic_ticks(sim):
-    """SPY streams bid < ask near the model, volume, close, and generic ticks 27-30, 23, 24; cancel frees the line."""
+    """SPY streams bid < ask near the model, close, last timestamp, halted, generic ticks 27-30/23/24; cancel frees it."""
     p = await connect(sim)
     try:
         p.client.reqMktData(1, stock("SPY"), "100,101,104,106", False, False, [])
@@ -115,6 +115,8 @@ async def test_stock_stream_quotes_and_generic_ticks(sim):
         for t in (27, 28, 29, 30):
             sizes[t] = (await run(p.wait, "tickSize", is_tick(1, t)))[2]
         assert all(v > 0 for v in sizes.values())
+        assert abs(int((await run(p.wait, "tickString", is_tick(1, 45)))[2]) - time.time()) < 5   # last timestamp
+        assert (await run(p.wait, "tickGeneric", is_tick(1, 49)))[2] == 0                           # not halted
         hv = (await run(p.wait, "tickGeneric", is_tick(1, 23)))[2]
         iv = (await run(p.wait, "tickGeneric", is_tick(1, 24)))[2]
         assert 0 < hv < 1 and 0 < iv < 1
@@ -331,7 +333,9 @@ async def test_over_50_messages_per_second_is_error_100_and_third_violation_disc
         assert errs and errs[0][2] == "Max rate of messages per second has been exceeded:max=50 rec=51 (1)"
         st = sim.stats()
         assert len(st["violations"]) == 3 and {v["code"] for v in st["violations"]} == {100}
-        assert st["clients"] == [] and st["peak_msg_rate"] >= 51
+        assert st["clients"] == [] and st["peak_msg_rate"] >= 51 and st["peak_msg_rate_by_client"][1] >= 51
+        sim.reset_stats()
+        assert sim.stats()["violations"] == [] and sim.stats()["peak_msg_rate"] == 0
     finally:
         p.disconnect()
 

@@ -63,6 +63,7 @@ class TwsSimulator:
         self._watcher: asyncio.Task | None = None
         # inspection
         self._peak_rate = 0
+        self._peak_rate_by_client: dict[int, int] = {}
         self._peak_lines = 0
         self._messages = 0
         self._violations: list[dict] = []
@@ -339,6 +340,9 @@ class TwsSimulator:
     def _count_message(self, session: Session, window_count: int = 0, accepted: bool = True) -> None:
         self._messages += 1
         self._peak_rate = max(self._peak_rate, window_count)
+        if session.client_id is not None:
+            cid = session.client_id
+            self._peak_rate_by_client[cid] = max(self._peak_rate_by_client.get(cid, 0), window_count)
 
     def _record_violation(self, client_id: int | None, code: int) -> None:
         if len(self._violations) < MAX_RECORDED:
@@ -352,6 +356,17 @@ class TwsSimulator:
         if len(self._orders) < MAX_RECORDED:
             self._orders.append(order)
 
+    def reset_stats(self) -> None:
+        """Forget peaks, violations, errors, orders and counters (not the state: lines and orders stay)."""
+        self._peak_rate = 0
+        self._peak_rate_by_client.clear()
+        self._peak_lines = self.total_lines()
+        self._messages = 0
+        self._violations.clear()
+        self._errors.clear()
+        self._orders.clear()
+        self.unhandled.clear()
+
     def stats(self) -> dict:
         """What a test asserts on: lines (no leak), rates (no limit tripped), errors, orders, clients."""
         by_client: dict[int, int] = {}
@@ -363,6 +378,7 @@ class TwsSimulator:
             "lines_by_client": by_client,
             "peak_lines": self._peak_lines,
             "peak_msg_rate": self._peak_rate,
+            "peak_msg_rate_by_client": dict(self._peak_rate_by_client),
             "violations": list(self._violations),
             "errors_sent": list(self._errors),
             "orders": [o.summary() if isinstance(o, SimOrder) else dict(o) for o in self._orders],

@@ -362,8 +362,13 @@ class Session:
             q = market.stock_quote(ins.symbol, step)
             self._send_price(line, 1, q.bid, q.bid_size, first)
             self._send_price(line, 2, q.ask, q.ask_size, first)
-            self._send_price(line, 4, q.last, q.last_size, first)
+            if first or line.sent.get(("p", 4)) != (q.last, q.last_size):
+                self._send_price(line, 4, q.last, q.last_size, first)
+                # last timestamp (tick 45, a string), as TWS sends beside each trade
+                self.send(M.tick_string(line.req_id, 88 if line.delayed else 45, str(int(time.time()))))
             self._send_size(line, 8, q.volume, first)
+            if first:
+                self.send(M.tick_generic(line.req_id, 90 if line.delayed else 49, 0))   # halted: 0 = not halted
             self._send_price(line, 6, q.high, 0, first)
             self._send_price(line, 7, q.low, 0, first)
             if first:
