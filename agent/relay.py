@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import json
 import logging
 import random
@@ -32,6 +33,7 @@ from agent.protocol import (_clean, account_event_frame, accounts_frame, auth_fr
 from agent.settings import is_loopback
 
 log = logging.getLogger("agent.relay")
+_CONNECT_PARAMS = set(inspect.signature(connect.__init__).parameters)
 
 AUTH_FAILED_GUIDANCE = ("Authentication failed — the relay rejected the API key from {source}{fp} ({error}). "
                         "Your API key may have been regenerated: download a fresh copy of the agent from the "
@@ -212,11 +214,9 @@ class RelayClient:
     async def _session(self) -> None:
         """One connection, from open to close. Returns normally when the relay closes it."""
         self._session_was_up = False
-        # Never route a loopback URL through an HTTP proxy from the environment; real URLs may use one.
-        proxy = None if is_loopback(_host_of(self.url)) else True
         async with connect(self.url, open_timeout=self.open_timeout, ping_interval=self.ping_interval,
-                           ping_timeout=self.ping_timeout, close_timeout=self.close_timeout, proxy=proxy,
-                           user_agent_header=f"ib-data-agent/{self.version}") as ws:
+                           ping_timeout=self.ping_timeout, close_timeout=self.close_timeout,
+                           **_connect_extras(self.url, self.version)) as ws:
             await self._authenticate(ws)
             self._session_was_up = True
             self.connected = True
@@ -242,7 +242,8 @@ class RelayClient:
             finally:
                 self.connected = False
                 self.connected_event.clear()
-                code, why = getattr(ws, "close_code", None), getattr(ws, "close_reason", "")
+                rcvd = getattr(getattr(ws, "protocol", None), "close_rcvd", None)    # the relay's Close frame
+                code, why = getattr(rcvd, "code", None), getattr(rcvd, "reason", "")
                 self._close_reason = ("closed by the relay" + (f" with code {code}" if code is not None else "")
                                       + (f": {why}" if why else ""))
                 for t in tasks:
@@ -361,6 +362,17 @@ class RelayClient:
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
+
+
+def _connect_extras(url: str, version: str) -> dict:
+    """Keyword arguments only some websockets releases accept (requirements allow 13-17; ``proxy`` is 15+)."""
+    extras: dict[str, Any] = {}
+    if "user_agent_header" in _CONNECT_PARAMS:
+        extras["user_agent_header"] = f"ib-data-agent/{version}"
+    if "proxy" in _CONNECT_PARAMS and is_loopback(_host_of(url)):
+        # Never route a loopback URL through a proxy from the environment; real URLs keep websockets' default.
+        extras["proxy"] = None
+    return extras
 
 
 def _host_of(url: str) -> str:
