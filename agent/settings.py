@@ -12,6 +12,7 @@ or a log line (at most its last four characters, as ``key …a1b2``).
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -81,6 +82,7 @@ class Settings(BaseModel):
     # names set both in the environment and in config.env (the environment wins)
     overridden: tuple[str, ...] = ()
     config_path: Path | None = None      # the config.env that was read (None: there was none)
+    unknown: tuple[str, ...] = ()        # names in config.env the agent does not know (typos: said at start-up)
 
     def candidate_ports(self) -> list[int]:
         """Ports to try: IB_PORT if set, else by mode. TWS and the seed README disagree on 7496/7497: try both."""
@@ -115,6 +117,10 @@ class Settings(BaseModel):
         env_only = [n for n, s in self.sources.items() if s == "environment" and n not in self.overridden]
         if env_only:
             lines.append("Set from your environment: " + ", ".join(env_only))
+        for name in self.unknown:
+            guess = difflib.get_close_matches(name, list(ENV_FIELDS), n=1)
+            hint = f" — did you mean {guess[0]}?" if guess else ""
+            lines.append(f"config.env sets {name}, which this agent does not use{hint}")
         if self.config_path is None:
             lines.append("No config.env file: using environment variables and defaults")
         else:
@@ -123,7 +129,7 @@ class Settings(BaseModel):
 
     def __repr_args__(self):  # the key is a SecretStr already; keep reprs short as well
         for k, v in super().__repr_args__():
-            if k in ("sources", "overridden"):
+            if k in ("sources", "overridden", "unknown"):
                 continue
             yield k, v
 
@@ -323,4 +329,5 @@ def load_settings(environ: Mapping[str, str] | None = None, config_path: str | P
     if margin >= max_lines:  # type: ignore[operator]
         raise ConfigError("IB_LINE_MARGIN", str(margin), f"leaves no lines for the agent (IB_MAX_LINES is "
                           f"{max_lines})", "use a margin smaller than IB_MAX_LINES, e.g. 10 of 100")
-    return Settings(**values, sources=sources, overridden=tuple(overridden), config_path=path)
+    unknown = tuple(sorted(k for k in file_values if k not in ENV_FIELDS))
+    return Settings(**values, sources=sources, overridden=tuple(overridden), config_path=path, unknown=unknown)

@@ -136,3 +136,11 @@ def test_relative_log_dir_is_beside_the_agent():
     s = load_settings({"IB_PROVIDER_KEY": KEY, "LOG_DIR": "mylogs"})
     assert s.log_dir == AGENT_DIR / "mylogs"
     assert load_settings({"IB_PROVIDER_KEY": KEY}).log_dir == AGENT_DIR / "logs"
+
+
+def test_unknown_config_names_are_reported_with_a_guess(tmp_path):
+    """A misspelt name in config.env is listed at start-up with the closest known setting."""
+    cfg = write_env(tmp_path, f"IB_PROVIDER_KEY={KEY}\nIB_PROT=7497\n")
+    s = load_settings({}, cfg)
+    assert s.unknown == ("IB_PROT",) and s.ib_port is None
+    assert "config.env sets IB_PROT, which this agent does not use — did you mean IB_PORT?" in s.source_lines()
