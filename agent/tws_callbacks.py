@@ -102,6 +102,9 @@ class TwsCallbacks:
             log.debug("TWS %d during connect: %s", code, message)
             return
         pend = self._requests.get(req_id)
+        if pend is not None and ticks.is_warning(code):
+            log.info("TWS warning %d for reqId %d: %s", code, req_id, message)
+            return
         if pend is not None:
             if not pend.future.done():
                 err = (ReadOnlyAPI(req_id, message) if code == ticks.READ_ONLY and self.read_only_session

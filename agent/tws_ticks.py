@@ -41,6 +41,13 @@ MARKET_DATA_ADVISORY = frozenset({10167, 10090})
 DELAYED_DATA_ADVISORY = 10167
 #: Never fails a request: the whole set the bridge treats as "not an error for reqId".
 NON_FATAL = INFO_CODES | FARM_DOWN | frozenset({1100, 1101, 1102, 2110}) | MARKET_DATA_ADVISORY
+
+
+def is_warning(code: int) -> bool:
+    """Never a failure: the named non-fatal set, and IB's warning range 2100-2199."""
+    return code in NON_FATAL or 2100 <= code <= 2199
+
+
 CANCELLED_UNKNOWN_ID = 300                          # "Can't find EId with tickerId" after a cancel crossed a tick
 CLIENT_ID_IN_USE = 326
 READ_ONLY = 321
@@ -187,7 +194,7 @@ def apply_error(q: Quote, code: int, message: str) -> bool:
         q.delayed = True
         q.extra.setdefault("advisories", []).append(code)
         return False
-    if code in NON_FATAL:
+    if is_warning(code):
         q.extra.setdefault("advisories", []).append(code)
         return False
     q.error_code = code

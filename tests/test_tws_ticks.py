@@ -106,6 +106,13 @@ def test_errors_advisory_vs_failure():
     assert q2.error_code == 200 and not q2.failed    # it has a price; failed means "no data at all"
 
 
+def test_warning_range_never_fails_a_line():
+    """IB's 2100-2199 warnings are advisories on a line, like 10090."""
+    q = Quote()
+    assert not t.apply_error(q, 2176, "Warning: fractional share size rules")
+    assert q.error_code is None and t.is_warning(2176) and not t.is_warning(200)
+
+
 def test_code_sets_and_farm_name():
     """Farm OK/down codes are named sets; the farm is the text after the last ':'."""
     assert {2104, 2106, 2158} <= t.INFO_CODES and 2103 in t.FARM_DOWN and 2157 in t.FARM_DOWN
