@@ -426,7 +426,7 @@ _MARKET, _CLOCK = make_market()
 @settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_every_listed_option_quote_is_sane(data):
-    """Any listed option at any step: bid < ask when both exist, sizes 0 exactly for -1 prices, greek signs."""
+    """Any listed option at any step: bid < ask, sizes 0 exactly for -1 prices, no-bid only OTM, greek signs."""
     sym = data.draw(st.sampled_from(_MARKET.symbols()))
     exp = data.draw(st.sampled_from(_MARKET.expirations(sym)))
     k = data.draw(st.sampled_from(_MARKET.strikes(sym, exp)))
@@ -436,6 +436,8 @@ def test_every_listed_option_quote_is_sane(data):
     if q.bid > 0 and q.ask > 0:
         assert q.bid < q.ask
     assert (q.bid == -1) == (q.bid_size == 0)
+    if q.quoting and q.bid == -1:
+        assert abs(q.delta) < 0.5          # one-sided quotes are out-of-the-money ones
     assert (q.ask == -1) == (q.ask_size == 0)
     assert (0 <= q.delta <= 1) if right == "C" else (-1 <= q.delta <= 0)
     assert q.gamma >= 0 and q.vega >= 0 and q.iv > 0 and q.open_interest >= 0

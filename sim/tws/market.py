@@ -391,7 +391,8 @@ class Market:
             ask = round(bid + tick, 2)
         bid_size = 1 + _h(self.seed, spec.con_id, k, "b") % 60
         ask_size = 1 + _h(self.seed, spec.con_id, k, "a") % 60
-        one_sided = _u(self.seed, spec.con_id, "one-sided") < 0.03
+        # an occasional one-sided quote, as on cheap out-of-the-money strikes (never deep in the money)
+        one_sided = abs(g.delta) < 0.25 and _u(self.seed, spec.con_id, "one-sided") < 0.06
         if bid <= 0 or one_sided:
             bid, bid_size = -1.0, 0     # IB's "no bid"
         traded = volume > 0
