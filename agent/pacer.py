@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, TypeVar
 
 from agent.errors import RequestTimeout
@@ -217,6 +218,14 @@ class LineBudget:
 
 # --- the asyncio pacer -----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Ticket:
+    """A place in the pacer's queue (or a token already granted): see ``Pacer.ticket``."""
+
+    flow: Hashable
+    future: asyncio.Future
+
+
 class Pacer:
     """Message tokens (≤ rate in any 1 s window — counted over 1 s + JITTER_GUARD — round-robin across waiting
     flows) and the line budget."""
@@ -240,29 +249,43 @@ class Pacer:
     # -- messages --
     async def message(self) -> None:
         """Wait for the token for one outgoing TWS message (requests, cancels, orders, all of them)."""
-        now = self._clock()
-        if not self._waiting and self._delay(now) == 0.0:
-            self._count(now)
+        ticket = self.ticket()
+        if ticket.future.done():
             return
+        try:
+            # Bounded: the pump grants `rate` tokens a second; the timeout only guards against a dead pump.
+            await asyncio.wait_for(asyncio.shield(ticket.future), timeout=60.0 + len(self._waiting) / self.rate)
+        except asyncio.TimeoutError:
+            self.drop_ticket(ticket)
+            raise RequestTimeout("timed out waiting for a TWS message slot (pacer)") from None
+        except asyncio.CancelledError:
+            self.drop_ticket(ticket)
+            raise
+
+    def ticket(self) -> "Ticket":
+        """Take the token now, or a place in the queue now (without awaiting, so places follow call order).
+
+        ``ticket.future`` completes when the token is granted; ``drop_ticket`` leaves the queue.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         flow = current_flow.get()
+        now = self._clock()
+        if not self._waiting and self._delay(now) == 0.0:
+            self._count(now)
+            fut.set_result(None)
+            return Ticket(flow, fut)
         self._waiting.push(flow, fut)
         self.waits += 1
         if self._pump_task is None or self._pump_task.done():
             self._pump_task = loop.create_task(self._pump(), name="pacer-pump")
-        try:
-            # Bounded: the pump grants `rate` tokens a second; the timeout only guards against a dead pump.
-            await asyncio.wait_for(asyncio.shield(fut), timeout=60.0 + len(self._waiting) / self.rate)
-        except asyncio.TimeoutError:
-            self._waiting.remove(flow, fut)
-            raise RequestTimeout("timed out waiting for a TWS message slot (pacer)") from None
-        except asyncio.CancelledError:
-            # Not yet granted: leave the queue. Already granted: the token is simply unused (harmless).
-            self._waiting.remove(flow, fut)
-            if not fut.done():
-                fut.cancel()
-            raise
+        return Ticket(flow, fut)
+
+    def drop_ticket(self, ticket: "Ticket") -> None:
+        """Not granted yet: leave the queue. Already granted: the token is simply unused (harmless)."""
+        self._waiting.remove(ticket.flow, ticket.future)
+        if not ticket.future.done():
+            ticket.future.cancel()
 
     def try_message(self) -> bool:
         """Take a message token only if one is free now and nobody is waiting (never waits)."""

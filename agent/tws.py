@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from agent.errors import ClientIdInUse, HandshakeTimeout, IBDisconnected, IBError, RequestTimeout
-from agent.pacer import Pacer
+from agent.pacer import Pacer, Ticket
 from agent.tws_callbacks import CURRENT_TIME_KEY, POSITIONS_KEY, TwsCallbacks
 from agent.tws_connect import Backoff, accounts_are_paper, mismatch_message
 from agent.tws_lines import MarketDataLine
@@ -128,23 +128,24 @@ class TwsBridge(TwsCallbacks):
             raise IBDisconnected(f"Not connected to TWS: {self.status_message}")
         return s
 
-    async def _token(self, session: Session) -> None:
+    async def _token(self, session: Session, ticket: Ticket | None = None) -> None:
         """The pacer's token for one message on ``session``; IBDisconnected at once if the session is lost
         while waiting (a long pacer queue must not delay the failure)."""
         if session.lost:
+            if ticket is not None:
+                self.pacer.drop_ticket(ticket)
             raise IBDisconnected(f"Not connected to TWS: {self.status_message}")
-        if self.pacer.try_message():
+        ticket = ticket or self.pacer.ticket()
+        if ticket.future.done():
             return
-        token = asyncio.ensure_future(self.pacer.message())
         try:
-            await asyncio.wait({token, session.lost_fut}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({ticket.future, session.lost_fut}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            token.cancel()
+            self.pacer.drop_ticket(ticket)
             raise
-        if token.done():
-            token.result()
+        if ticket.future.done():
             return
-        token.cancel()
+        self.pacer.drop_ticket(ticket)
         raise IBDisconnected(f"Connection to TWS lost ({session.lost_fut.result()})")
 
     def _send(self, session: Session, what: str, fn: Callable, *args) -> None:
@@ -558,20 +559,30 @@ class TwsBridge(TwsCallbacks):
         caller's own cancellation); the cancel completes in a bridge-owned task even if the caller is cancelled."""
         try:
             if line._closing is None:
-                line._closing = self._spawn(self._cancel_line(line), f"cancel-mkt-{line.req_id}")
+                # The cancel's place in the pacer queue is taken now, in call order (a request made after this
+                # call queues behind the cancel); the send itself happens in a bridge-owned task.
+                session = self._session
+                ticket = None
+                if (line.req_id in self._lines and session is not None and session.id == line._session_id
+                        and not session.lost and not line.snapshot_done):
+                    ticket = self.pacer.ticket()
+                line._closing = self._spawn(self._cancel_line(line, ticket), f"cancel-mkt-{line.req_id}")
             await asyncio.shield(line._closing)
         except asyncio.CancelledError:
             raise
         except Exception:       # noqa: BLE001
             log.exception("closing market data line %s failed", line)
 
-    async def _cancel_line(self, line: MarketDataLine) -> None:
+    async def _cancel_line(self, line: MarketDataLine, ticket: Ticket | None) -> None:
         try:
             session = self._session
-            if (line.req_id in self._lines and session is not None and session.id == line._session_id
-                    and not session.lost and not line.snapshot_done):
+            if ticket is not None and (line.req_id not in self._lines or session is None
+                                       or session.id != line._session_id or session.lost):
+                self.pacer.drop_ticket(ticket)      # the link went while queued: the loss freed the line
+                ticket = None
+            if ticket is not None:
                 try:
-                    await self._token(session)
+                    await self._token(session, ticket)
                     if line.req_id in self._lines and not session.lost:
                         self._send(session, "cancelMktData", session.client.cancelMktData, line.req_id)
                 except IBDisconnected:

@@ -202,6 +202,21 @@ async def test_cancelled_message_waiter_leaves_queue():
     assert p.stats()["messages_sent"] == 2
 
 
+async def test_tickets_keep_call_order_and_dropped_ones_leave_the_queue():
+    """ticket() takes its place at call time (no await), so grants follow call order; a dropped one is skipped."""
+    p = Pacer(rate=3, burst=3)
+    first = [p.ticket() for _ in range(3)]
+    assert all(t.future.done() for t in first)            # within the rate: granted at once
+    queued = [p.ticket() for _ in range(3)]
+    assert not any(t.future.done() for t in queued)
+    p.drop_ticket(queued[1])
+    granted: list[int] = []
+    for i, t in enumerate(queued):
+        t.future.add_done_callback(lambda f, i=i: granted.append(i) if not f.cancelled() else None)
+    await asyncio.wait_for(queued[2].future, 5)
+    assert granted == [0, 2] and queued[1].future.cancelled()
+
+
 async def test_acquire_lines_waits_and_is_granted_in_order():
     """When the budget is spent, waiters are woken by release_lines in order, small ones using the reserve."""
     p = Pacer(max_lines=30, line_margin=10)         # budget 20, reserve 5
