@@ -215,3 +215,15 @@ async def test_small_request_is_served_while_a_big_one_holds_lines():
     with pytest.raises(asyncio.CancelledError):
         await big
     assert pacer.lines_in_use == 0
+
+
+async def test_request_cancelled_right_after_reserving_returns_every_line():
+    """Cancelling a request just after it reserved its lines (no line opened yet) returns all of them."""
+    pacer, bridge, scanner = make(default=None, window=30.0)
+    task = asyncio.ensure_future(scanner.get_option_data_batch([opt(k) for k in range(100, 120)]))
+    await asyncio.sleep(0)          # the batch reserves its lines and schedules its fetches, which have not run
+    assert pacer.lines_in_use == 20 and not bridge.opened
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pacer.lines_in_use == 0 and bridge.open_now == 0
