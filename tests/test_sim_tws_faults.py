@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -269,7 +270,7 @@ def cli_session() -> tuple[str, dict, int, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "sim.tws", "--port", "0", "--latency", "fast", "--live",
                              "--account", "U1111111", "--account", "U2222222"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline().strip()
         port = int(first.rsplit(":", 1)[1])
@@ -277,10 +278,16 @@ def cli_session() -> tuple[str, dict, int, str]:
         c.read()
         c.send(71, 2, 1, "")
         accounts = c.until(15)
+        proc.stdin.write("farm usfarm down\nstats\nbogus\n")       # fault commands on stdin
+        proc.stdin.flush()
+        farm = c.until(4)
+        while farm[3] != "2103":
+            farm = c.until(4)
+        replies = [proc.stdout.readline().strip() for _ in range(3)]
         c.close()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
-        return first, {"accounts": accounts}, proc.returncode, out
+        return first, {"accounts": accounts, "farm": farm, "replies": replies}, proc.returncode, out
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -288,10 +295,14 @@ def cli_session() -> tuple[str, dict, int, str]:
 
 
 async def test_cli_prints_port_first_serves_and_stops_on_sigterm():
-    """`python -m sim.tws --port 0` prints 'listening on 127.0.0.1:<port>' first and exits 0 on SIGTERM."""
+    """The CLI prints 'listening on 127.0.0.1:<port>' first, takes fault commands on stdin, exits 0 on SIGTERM."""
     first, got, rc, rest = await run(cli_session)
     assert first.startswith("listening on 127.0.0.1:")
     assert got["accounts"] == ["15", "1", "U1111111,U2222222"]
+    assert got["farm"][2:] == ["-1", "2103", "Market data farm connection is broken:usfarm"]
+    farm_reply, stats_reply, bogus_reply = got["replies"]
+    assert farm_reply == "farm usfarm down" and json.loads(stats_reply)["clients"] == [1]
+    assert bogus_reply.startswith("error: unknown command")
     assert rc == 0 and "stopped" in rest
 
 

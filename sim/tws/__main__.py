@@ -1,18 +1,22 @@
 """``python -m sim.tws``: run the TWS simulator by itself until SIGINT/SIGTERM.
 
 The first line of output is ``listening on 127.0.0.1:<port>`` (flushed), so a script can start it with
-``--port 0`` and read the port.
+``--port 0`` and read the port. Fault commands can be typed on stdin while it runs (``help`` lists them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
+import os
 import signal
 import sys
+import threading
 
 from .config import SimConfig
+from .console import CommandError, apply
 from .server import TwsSimulator
 
 
@@ -28,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pacing", choices=("reject", "delay"), default="reject",
                    help="over 50 msg/s: error 100 (reject) or TWS's 'apply pacing' mode (delay)")
+    p.add_argument("--today", type=dt.date.fromisoformat, default=None,
+                   help="build the listings as of this date (YYYY-MM-DD; default: today, UTC)")
+    p.add_argument("--no-commands", action="store_true", help="do not read fault commands from stdin")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -35,10 +42,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from(args: argparse.Namespace) -> SimConfig:
     accounts = tuple(args.account) if args.account else (("U1234567",) if args.live else ("DU1234567",))
     return SimConfig(host="127.0.0.1", port=args.port, accounts=accounts, read_only=args.read_only,
-                     max_lines=args.max_lines, latency=args.latency, seed=args.seed, pacing=args.pacing)
+                     max_lines=args.max_lines, latency=args.latency, seed=args.seed, pacing=args.pacing,
+                     today=args.today)
 
 
-async def serve(config: SimConfig) -> None:
+def _stdin_is_ours() -> bool:
+    """Read commands from a pipe or a terminal we own; never from a terminal while in the background
+    (``python -m sim.tws &`` would be stopped by SIGTTIN)."""
+    try:
+        if not os.isatty(0):
+            return True
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except (OSError, AttributeError):
+        return False
+
+
+def _read_commands(sim: TwsSimulator, loop: asyncio.AbstractEventLoop) -> None:
+    """Fault commands from stdin (see sim/tws/console.py), read in a daemon thread and run on the loop."""
+
+    def out(text: str) -> None:
+        print(text, flush=True)
+
+    async def one(line: str) -> None:
+        try:
+            await apply(sim, line, out)
+        except CommandError as exc:
+            out(f"error: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a command must never stop the simulator
+            out(f"error: {exc!r}")
+
+    def reader() -> None:
+        for line in sys.stdin:
+            asyncio.run_coroutine_threadsafe(one(line), loop)
+
+    threading.Thread(target=reader, name="sim-commands", daemon=True).start()
+
+
+async def serve(config: SimConfig, commands: bool = True) -> None:
     sim = TwsSimulator(config)
     await sim.start()
     print(f"listening on 127.0.0.1:{sim.port}", flush=True)
@@ -49,6 +89,8 @@ async def serve(config: SimConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):   # Windows: Ctrl+C raises KeyboardInterrupt instead
             pass
+    if commands and _stdin_is_ours():
+        _read_commands(sim, loop)
     try:
         await stop.wait()
     finally:
@@ -61,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(config_from(args)))
+        asyncio.run(serve(config_from(args), commands=not args.no_commands))
     except KeyboardInterrupt:
         pass
     return 0
