@@ -531,8 +531,8 @@ class TwsBridge(TwsCallbacks):
                     try:
                         await self._token(session)
                         self._send(session, "cancelPositions", session.client.cancelPositions)
-                    except (IBDisconnected, asyncio.CancelledError):
-                        pass
+                    except IBDisconnected:
+                        pass        # the subscription died with the connection
 
     # ------------------------------------------------------------------ market data
     async def open_market_data(self, contract: Contract, generic_ticks: str = "",
