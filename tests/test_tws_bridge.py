@@ -295,6 +295,34 @@ async def test_callbacks_from_another_thread_become_events_and_a_bad_one_is_cont
         assert await b.current_time() > 0 and b.connected
 
 
+async def test_read_only_error_sets_read_only_session_and_1100_2110_mark_data_unavailable():
+    """321 'Read-Only' marks the session read-only; 1100/2110 mark data unavailable and a farm OK restores it."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        assert b.read_only_session is None and b.data_available
+        w = b._session.wrapper
+        w.error(-1, 321, "Error validating request.-'bN' : cause - The API interface is currently in Read-Only mode.")
+        w.error(-1, 2110, "Connectivity between Trader Workstation and server is broken. It will be restored "
+                          "automatically.")
+        await sync(b)
+        assert b.read_only_session is True and not b.data_available and b.connected
+        assert "IB's servers" in b.status_message
+        w.error(-1, 2104, "Market data farm connection is OK:usfarm")
+        await sync(b)
+        assert b.data_available and b.status_message.startswith("Connected")
+
+
+async def test_reconnect_without_supervisor_connects_and_reports():
+    """reconnect() on a bridge that is not running its supervisor makes one attempt and returns the status."""
+    async with simulator() as sim:
+        b = TwsBridge(settings(sim.port), Pacer())
+        try:
+            msg = await b.reconnect()
+            assert b.connected and msg.startswith("Connected to TWS on port")
+            assert (await b.reconnect()).startswith("Already connected")
+        finally:
+            await b.close()
+
+
 async def sync_until_sent(b: TwsBridge) -> None:
     """Yield until the pending request has been registered and sent (it is sent right after its pacer token)."""
     for _ in range(100):
