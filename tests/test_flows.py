@@ -249,3 +249,16 @@ async def test_three_concurrent_flows_trip_no_limit():
         assert stats["violations"] == []
         assert not [e for e in stats["errors_sent"] if e["code"] in (100, 101, 102)]
         assert stats["active_lines"] == 0 and stats["peak_msg_rate"] <= 50
+
+
+async def test_huge_request_is_refused_up_front_with_advice():
+    """A fetch_prices too large for the relay's 60 s wait is refused at once (no TWS message) and says why."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        d = dispatcher_for(bridge, pacer, scanner)
+        exp = sim.market.expirations("AAPL")[3]
+        legs = [{"ticker": "AAPL", "strike": 100 + k * 0.5, "expiry": exp, "right": r}
+                for k in range(400) for r in "CP"]
+        before = pacer.messages_sent
+        r = await d.handle(frame("fetch_prices", {"contracts": legs}))
+        assert r["success"] is False and "800 option quotes" in r["error"] and "fewer legs" in r["error"]
+        assert pacer.messages_sent == before
