@@ -344,10 +344,10 @@ class OptionScanner:
 
         return await self._once(("listing", sym, expiry), lookup)
 
-    async def _listed(self, ticker: str, expiries: Sequence[str], strikes: Sequence[float], rights: Sequence[str],
-                      multiplier: str) -> tuple[list[Contract], int]:
+    async def _listings_for(self, ticker: str, expiries: Sequence[str], multiplier: str) -> dict:
+        """expiry -> the strikes IB lists for it (None: unknown), all expiries asked at once."""
         listings = await _gather(*(self.listed_strikes(ticker, e, multiplier) for e in expiries))
-        return listed_contracts(ticker, expiries, strikes, rights, dict(zip(expiries, listings)), multiplier)
+        return dict(zip(expiries, listings))
 
     async def get_available_expirations(self, ticker: str) -> list[str]:
         """Listed expirations from today on (YYYYMMDD, sorted)."""
@@ -383,21 +383,25 @@ class OptionScanner:
 
         info = await self.resolve_stock(p.ticker)
         spot_task = asyncio.ensure_future(self.spot_price(info))
+        listing_task: asyncio.Future | None = None
         try:
             exps, strikes, mult = await self.option_chain_params(p.ticker)
-            ref = p.dealPrice
-            if ref <= 0:
-                ref = await self._spot_from(spot_task, info)
             sel_exps = chain_expirations(exps, p.expectedCloseDate)
             if not sel_exps:
                 last = exps[-1] if exps else "none"
                 raise InvalidRequest(f"IB lists no {p.ticker} option expiry on or after "
                                      f"{p.expectedCloseDate.isoformat()} (last listed: {last})")
+            # Which strikes each expiry lists does not depend on the price: ask while the spot quote comes in.
+            listing_task = asyncio.ensure_future(self._listings_for(p.ticker, sel_exps, mult))
+            ref = p.dealPrice
+            if ref <= 0:
+                ref = await self._spot_from(spot_task, info)
             sel_strikes = chain_strikes(strikes, ref)
             if not sel_strikes:
                 raise InvalidRequest(f"IB lists no {p.ticker} strike between {0.75 * ref:.2f} and {1.10 * ref:.2f} "
                                      f"(0.75-1.10 x {ref:g}); check the deal price")
-            contracts, skipped = await self._listed(p.ticker, sel_exps, sel_strikes, ("C", "P"), mult)
+            contracts, skipped = listed_contracts(p.ticker, sel_exps, sel_strikes, ("C", "P"),
+                                                  await listing_task, mult)
             check_request_size("fetch_chain", len(contracts),
                                "This symbol lists too many strikes for one chain: price the strikes you need with "
                                "fetch-prices instead.", self.msg_rate)
@@ -405,7 +409,7 @@ class OptionScanner:
                                                       max_batch=p.max_batch_size)
             spot, _ = await spot_task
         finally:
-            await _settle_all([spot_task])
+            await _settle_all([t for t in (spot_task, listing_task) if t is not None])
         rows = [chain_row(c, q) for c, q in zip(contracts, quotes) if q.error_code != NO_SECURITY]
         data = {"ticker": p.ticker, "spotPrice": spot if spot is not None else 0.0, "expirations": sel_exps,
                 "contracts": rows, "not_listed": skipped + len(contracts) - len(rows),
@@ -425,19 +429,27 @@ class OptionScanner:
         """Account: calls or puts to sell near the money, expiring within ``business_days`` weekdays, ranked."""
         today = self._today()
         info = await self.resolve_stock(p.ticker)
-        spot, (exps, strikes, mult) = await _gather(self._require_spot(info), self.option_chain_params(p.ticker))
-        sel_exps = sell_scan_expirations(exps, today, p.business_days)
-        if not sel_exps:
-            until = add_business_days(today, p.business_days)
-            later = [e for e in exps if e > until.strftime("%Y%m%d")]
-            nxt = f"; the next is {later[0]}" if later else ""
-            raise InvalidRequest(f"IB lists no {p.ticker} expiry from {today.isoformat()} through {until.isoformat()} "
-                                 f"({p.business_days} business days){nxt}: raise business_days")
-        sel_strikes = sell_scan_strikes(strikes, spot, p.ntm_pct)
-        if not sel_strikes:
-            raise InvalidRequest(f"IB lists no {p.ticker} strike within {p.ntm_pct:.0%} of the price {spot:g}: "
-                                 f"raise ntm_pct")
-        contracts, _ = await self._listed(p.ticker, sel_exps, sel_strikes, (p.right,), mult)
+        spot_task = asyncio.ensure_future(self._require_spot(info))
+        listing_task: asyncio.Future | None = None
+        try:
+            exps, strikes, mult = await self.option_chain_params(p.ticker)
+            sel_exps = sell_scan_expirations(exps, today, p.business_days)
+            if not sel_exps:
+                until = add_business_days(today, p.business_days)
+                later = [e for e in exps if e > until.strftime("%Y%m%d")]
+                nxt = f"; the next is {later[0]}" if later else ""
+                raise InvalidRequest(f"IB lists no {p.ticker} expiry from {today.isoformat()} through "
+                                     f"{until.isoformat()} ({p.business_days} business days){nxt}: raise "
+                                     f"business_days")
+            listing_task = asyncio.ensure_future(self._listings_for(p.ticker, sel_exps, mult))
+            spot = await asyncio.shield(spot_task)
+            sel_strikes = sell_scan_strikes(strikes, spot, p.ntm_pct)
+            if not sel_strikes:
+                raise InvalidRequest(f"IB lists no {p.ticker} strike within {p.ntm_pct:.0%} of the price {spot:g}: "
+                                     f"raise ntm_pct")
+            contracts, _ = listed_contracts(p.ticker, sel_exps, sel_strikes, (p.right,), await listing_task, mult)
+        finally:
+            await _settle_all([t for t in (spot_task, listing_task) if t is not None])
         check_request_size("sell_scan", len(contracts), "Lower business_days or ntm_pct.", self.msg_rate)
         quotes = await self.get_option_data_batch(contracts, need_greeks=True, max_batch=p.max_batch_size)
         rows = rank_for_seller(sell_row(c, q, spot, today) for c, q in zip(contracts, quotes)
