@@ -46,6 +46,7 @@ CHAIN_TTL = 60.0             # fetch_chain answers, per request key (the origina
 PARAMS_TTL = 15 * 60.0       # expirations/strikes from reqSecDefOptParams
 SPOT_WINDOW = 4.0            # a stock quote may take longer than an option's (delayed data, first request)
 LISTING_TIMEOUT = 4.0        # one expiry's contract list (reqContractDetails, partly specified); else keep all strikes
+LISTING_RETRY = 60.0         # ask again this long after a listing did not come
 SETTLE = 0.3                 # after quotes + greeks, how long a chain line waits for volume / open interest
 
 # What a line must have before it can be cancelled early.
@@ -335,11 +336,12 @@ class OptionScanner:
                 infos = await self.bridge.contract_details(probe, timeout=LISTING_TIMEOUT)
             except (IBError, RequestTimeout) as e:
                 log.info("no contract list for %s %s (%s): asking for every merged strike", sym, expiry, e)
-                return None
-            value = frozenset(round(i.contract.strike, 4) for i in infos if i.contract.strike > 0)
-            if not value:
-                return None
-            self._listings[key] = _Cached(self._clock(), value)
+                value = None
+            else:
+                value = frozenset(round(i.contract.strike, 4) for i in infos if i.contract.strike > 0) or None
+            # An unknown listing is remembered briefly too, so a TWS that is slow to list does not cost every
+            # request the full LISTING_TIMEOUT.
+            self._listings[key] = _Cached(self._clock() - (PARAMS_TTL - LISTING_RETRY if value is None else 0), value)
             return value
 
         return await self._once(("listing", sym, expiry), lookup)

@@ -227,3 +227,21 @@ async def test_request_cancelled_right_after_reserving_returns_every_line():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert pacer.lines_in_use == 0 and bridge.open_now == 0
+
+
+async def test_listing_that_does_not_come_falls_back_and_is_not_asked_again_at_once():
+    """A per-expiry listing that times out means 'ask for every strike', and is not retried on the next request."""
+    from agent.errors import RequestTimeout
+
+    calls = []
+
+    class SlowListing(FakeBridge):
+        async def contract_details(self, contract, timeout=10.0):
+            calls.append(contract)
+            raise RequestTimeout("TWS did not answer the contract details request")
+
+    pacer = Pacer(rate=1000.0)
+    scanner = OptionScanner(SlowListing(pacer), pacer)
+    assert await scanner.listed_strikes("AAPL", "20300118") is None
+    assert await scanner.listed_strikes("AAPL", "20300118") is None
+    assert len(calls) == 1 and calls[0].sec_type == "OPT" and calls[0].expiry == "20300118"
