@@ -102,6 +102,12 @@ def stock_done(q: Quote) -> bool:
     return _side_known(q.bid, q.bid_size) and _side_known(q.ask, q.ask_size) and underlying_price(q) is not None
 
 
+def heard_nothing(q: Quote) -> bool:
+    """TWS sent nothing at all for this line: no price, no size (not even "no bid"), no error. (pure)"""
+    return (q.error_code is None and q.bid is None and q.ask is None and q.last is None and q.bid_size is None
+            and q.ask_size is None and q.close is None)
+
+
 async def _settle_all(tasks: list[asyncio.Task]) -> None:
     """Cancel what is still running and wait for every task's ``finally`` (where lines are cancelled)."""
     for t in tasks:
@@ -249,6 +255,17 @@ class OptionScanner:
         finally:
             # Cancel the line whatever happened (done, window over, error, request cancelled): no leaks.
             await self.bridge.close_market_data(line)
+
+    def _require_some_data(self, what: str, quotes: Sequence[Quote]) -> None:
+        """Every line silent for its whole window is not "no market": TWS sent nothing (a market data farm down,
+        TWS busy or reconnecting). Say so rather than answer with rows of zeros."""
+        if not quotes or not all(heard_nothing(q) for q in quotes):
+            return
+        down = sorted(name for name, ok in (getattr(self.bridge, "farm_status", {}) or {}).items() if not ok)
+        why = (f"TWS reports these data farms down: {', '.join(down)}" if down
+               else "TWS may be busy, reconnecting to IB, or its market data farm is down")
+        raise RequestTimeout(f"IB sent no quotes for any of the {len(quotes)} contracts of this {what} within "
+                             f"{self.window:g} s: {why}. Retry in a minute; check TWS's connection status.")
 
     def _lines_for(self, want: int) -> int:
         """Lines the pacer could grant a request wanting ``want`` right now (big requests leave the reserve)."""
@@ -409,6 +426,7 @@ class OptionScanner:
                                "fetch-prices instead.", self.msg_rate)
             quotes = await self.get_option_data_batch(contracts, need_greeks=True, need_stats=True,
                                                       max_batch=p.max_batch_size)
+            self._require_some_data("chain", quotes)
             spot, _ = await spot_task
         finally:
             await _settle_all([t for t in (spot_task, listing_task) if t is not None])
@@ -454,6 +472,7 @@ class OptionScanner:
             await _settle_all([t for t in (spot_task, listing_task) if t is not None])
         check_request_size("sell_scan", len(contracts), "Lower business_days or ntm_pct.", self.msg_rate)
         quotes = await self.get_option_data_batch(contracts, need_greeks=True, max_batch=p.max_batch_size)
+        self._require_some_data("sell scan", quotes)
         rows = rank_for_seller(sell_row(c, q, spot, today) for c, q in zip(contracts, quotes)
                                if q.error_code != NO_SECURITY)
         return {"ticker": p.ticker, "spotPrice": spot, "right": p.right, "expirations": sel_exps,
@@ -472,6 +491,7 @@ class OptionScanner:
             contracts.append(Contract.option(leg.ticker, leg.expiry, leg.strike, leg.right))
         check_request_size("fetch_prices", len(dedupe(contracts)[0]), "Send fewer legs per request.", self.msg_rate)
         quotes = await self.get_option_data_batch(contracts, need_greeks=True, max_batch=p.max_batch_size)
+        self._require_some_data("price refresh", quotes)
         rows = [price_row(c, q) for c, q in zip(contracts, quotes)]
         errors = [{"index": i, "contract": c.describe(), "error": q.error or f"IB error {q.error_code}",
                    "code": q.error_code}

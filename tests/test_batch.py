@@ -245,3 +245,11 @@ async def test_listing_that_does_not_come_falls_back_and_is_not_asked_again_at_o
     assert await scanner.listed_strikes("AAPL", "20300118") is None
     assert await scanner.listed_strikes("AAPL", "20300118") is None
     assert len(calls) == 1 and calls[0].sec_type == "OPT" and calls[0].expiry == "20300118"
+
+
+def test_heard_nothing_distinguishes_silence_from_no_market():
+    """Silence (nothing at all) differs from an empty market ("no bid" sizes) and from an error."""
+    from ib_scanner import heard_nothing
+    assert heard_nothing(Quote())
+    assert not heard_nothing(Quote(bid=None, bid_size=0.0, ask=None, ask_size=0.0))
+    assert not heard_nothing(Quote(error_code=200, error="no such contract"))

@@ -10,7 +10,7 @@ import datetime as dt
 import pytest
 
 from agent.dispatch import AgentContext, Dispatcher
-from agent.errors import InvalidRequest
+from agent.errors import InvalidRequest, RequestTimeout
 from agent.pacer import Pacer
 from agent.protocol import FetchChainPayload, FetchPricesPayload, FetchUnderlyingPayload, SellScanPayload, TickerPayload
 from agent.selection import (add_business_days, chain_expirations, merge_option_params, strike_step)
@@ -262,3 +262,18 @@ async def test_huge_request_is_refused_up_front_with_advice():
         r = await d.handle(frame("fetch_prices", {"contracts": legs}))
         assert r["success"] is False and "800 option quotes" in r["error"] and "fewer legs" in r["error"]
         assert pacer.messages_sent == before
+
+
+async def test_no_quotes_at_all_is_an_error_not_rows_of_zeros():
+    """With the market data farm down TWS sends nothing: the refresh fails and names the farm."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        scanner.window = 0.3
+        exp = sim.market.expirations("AAPL")[1]
+        legs = [dict(ticker="AAPL", strike=k, expiry=exp, right="C") for k in (225.0, 230.0)]
+        await sim.set_farm("usfarm", up=False)
+        await sim_caught_up(bridge)          # the 2103 "farm broken" message has arrived before this answer
+        with pytest.raises(RequestTimeout, match="usfarm"):
+            await scanner.fetch_prices(FetchPricesPayload(contracts=legs))
+        await sim.set_farm("usfarm", up=True)
+        data = await scanner.fetch_prices(FetchPricesPayload(contracts=legs))
+        assert all(r is not None for r in data["contracts"])
