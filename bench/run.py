@@ -147,8 +147,9 @@ async def bench_prices_under_load(sim, scanner, runs: int, n: int) -> list[tuple
                                                                                      need_stats=True)))
     times: list[float] = []
     try:
-        while scanner.stats["lines_opened"] == 0:
-            await asyncio.sleep(0.01)
+        t_wait = time.perf_counter()
+        while scanner.stats["lines_opened"] == 0 and time.perf_counter() - t_wait < 10:
+            await asyncio.sleep(0.01)       # let the chain get going (bounded)
         for i in range(runs):
             if chain.done():
                 break

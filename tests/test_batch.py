@@ -65,6 +65,13 @@ class FakeBridge:
             asyncio.get_running_loop().call_soon(lambda: line.update(**values))
         return line
 
+    async def opened_at_least(self, n: int, timeout: float = 5.0) -> None:
+        async def until() -> None:
+            while len(self.opened) < n:
+                self.opened_event.clear()
+                await self.opened_event.wait()
+        await asyncio.wait_for(until(), timeout)
+
     async def close_market_data(self, line: FakeLine) -> None:
         if line.closed:
             return
@@ -181,9 +188,7 @@ async def test_cancelled_request_leaks_no_line():
     """Cancelling a request mid-flight cancels every open line and returns every reserved line."""
     pacer, bridge, scanner = make(default=None, window=30.0)
     task = asyncio.ensure_future(scanner.get_option_data_batch([opt(k) for k in range(100, 160)]))
-    await asyncio.wait_for(bridge.opened_event.wait(), 5)
-    while len(bridge.opened) < 10:           # let several lines open
-        await asyncio.sleep(0)
+    await bridge.opened_at_least(10)         # let several lines open
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -204,9 +209,7 @@ async def test_small_request_is_served_while_a_big_one_holds_lines():
     """A 4-leg request gets lines from the reserve while a big request holds the rest."""
     pacer, bridge, scanner = make(default=None, window=30.0, max_lines=40)
     big = asyncio.ensure_future(scanner.get_option_data_batch([opt(k) for k in range(100, 400)]))
-    await asyncio.wait_for(bridge.opened_event.wait(), 5)
-    while len(bridge.opened) < pacer.lines_budget - pacer.line_reserve:
-        await asyncio.sleep(0)
+    await bridge.opened_at_least(pacer.lines_budget - pacer.line_reserve)
     legs = [opt(k, "P") for k in (100, 105, 110, 115)]
     bridge.script.update({c.key: FULL for c in legs})
     quotes = await asyncio.wait_for(scanner.get_option_data_batch(legs, need_greeks=True), 10)

@@ -217,10 +217,20 @@ async def test_cancelled_request_leaks_no_line():
     """A chain cancelled mid-flight (relay gone, deadline) leaves no line open at TWS or in the pacer."""
     async with stack() as (sim, bridge, pacer, scanner):
         close = sim.market.today + dt.timedelta(days=30)
+        opened, twenty = [], asyncio.Event()
+        real_open = bridge.open_market_data
+
+        async def counting_open(*args, **kw):
+            line = await real_open(*args, **kw)
+            opened.append(line)
+            if len(opened) >= 20:
+                twenty.set()
+            return line
+
+        bridge.open_market_data = counting_open
         task = asyncio.ensure_future(scanner.fetch_chain(FetchChainPayload(ticker="AAPL", dealPrice=230.0,
                                                                            expectedCloseDate=close)))
-        while scanner.stats["lines_opened"] < 20:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(twenty.wait(), 10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
