@@ -421,6 +421,9 @@ class OptionScanner:
                                      f"(0.75-1.10 x {ref:g}); check the deal price")
             contracts, skipped = listed_contracts(p.ticker, sel_exps, sel_strikes, ("C", "P"),
                                                   await listing_task, mult)
+            if not contracts:
+                raise InvalidRequest(f"IB lists none of the {p.ticker} strikes {sel_strikes[0]:g}-{sel_strikes[-1]:g} "
+                                     f"for the expiries {', '.join(sel_exps)}; check the deal price")
             check_request_size("fetch_chain", len(contracts),
                                "This symbol lists too many strikes for one chain: price the strikes you need with "
                                "fetch-prices instead.", self.msg_rate)
@@ -468,6 +471,9 @@ class OptionScanner:
                 raise InvalidRequest(f"IB lists no {p.ticker} strike within {p.ntm_pct:.0%} of the price {spot:g}: "
                                      f"raise ntm_pct")
             contracts, _ = listed_contracts(p.ticker, sel_exps, sel_strikes, (p.right,), await listing_task, mult)
+            if not contracts:
+                raise InvalidRequest(f"IB lists none of the {p.ticker} strikes {sel_strikes[0]:g}-{sel_strikes[-1]:g} "
+                                     f"for the expiries {', '.join(sel_exps)}: raise ntm_pct or business_days")
         finally:
             await _settle_all([t for t in (spot_task, listing_task) if t is not None])
         check_request_size("sell_scan", len(contracts), "Lower business_days or ntm_pct.", self.msg_rate)
