@@ -287,3 +287,11 @@ async def test_no_quotes_at_all_is_an_error_not_rows_of_zeros():
         await sim.set_farm("usfarm", up=True)
         data = await scanner.fetch_prices(FetchPricesPayload(contracts=legs))
         assert all(r is not None for r in data["contracts"])
+
+
+async def test_sell_scan_with_no_expiry_in_the_window_says_how_to_widen_it():
+    """JNPR lists monthlies only: a 0-day sell scan finds no expiry and says to raise business_days."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        with pytest.raises(InvalidRequest, match="raise business_days") as e:
+            await scanner.sell_scan(SellScanPayload(ticker="JNPR", right="C", business_days=0))
+        assert sim.market.expirations("JNPR")[0] in str(e.value)      # names the next expiry
