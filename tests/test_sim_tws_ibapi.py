@@ -89,7 +89,7 @@ async def test_client_id_in_use_gets_326_and_is_disconnected(sim):
     p1 = await connect(sim, 5)
     p2 = Probe(sim.port, 5)
     try:
-        await run(p2.connect, 5.0, False)
+        await run(p2.connect, 5.0, False)            # the handshake itself succeeds; startApi is refused
         ev = await run(p2.wait, "error", lambda e: e[1] == 326)
         assert "already in use" in ev[2]
         await run(p2.wait, "connectionClosed")

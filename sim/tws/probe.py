@@ -86,10 +86,12 @@ class Probe:
             raise ProbeTimeout(f"handshake with 127.0.0.1:{self.port} did not finish in {timeout}s")
         if "error" in box:
             raise box["error"]
-        if not self.client.isConnected():
+        if not self.client.serverVersion():
             raise ConnectionError(f"could not connect to 127.0.0.1:{self.port}")
-        if self.nodelay:
+        if self.nodelay and self.client.conn is not None and self.client.conn.socket is not None:
             self.client.conn.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # the handshake went through: run the decoder even if TWS already hung up (e.g. after error 326),
+        # so what it sent before closing still reaches the callbacks
         self._thread = threading.Thread(target=self.client.run, daemon=True, name=f"probe-{self.client_id}")
         self._thread.start()
         if wait_ready:

@@ -53,6 +53,7 @@ class TwsSimulator:
         self._sessions: set[Session] = set()
         self._by_client: dict[int, Session] = {}
         self._conn_no = 0
+        self._listening = asyncio.Event()
         self._feeds_ok = asyncio.Event()
         self._feeds_ok.set()
         self._resetting = False
@@ -82,6 +83,11 @@ class TwsSimulator:
     async def _listen(self, port: int) -> None:
         self._server = await asyncio.start_server(self._on_connect, self.config.host, port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._listening.set()
+
+    async def wait_listening(self, timeout: float = 10.0) -> None:
+        """Until the port accepts connections again (after refuse_connections); TimeoutError after ``timeout``."""
+        await asyncio.wait_for(self._listening.wait(), timeout)
 
     async def stop(self) -> None:
         if self._reopen_handle is not None:
@@ -92,6 +98,7 @@ class TwsSimulator:
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._listening.clear()
         await self.drop_clients()
         for t in list(self._tasks):
             t.cancel()
@@ -267,6 +274,7 @@ class TwsSimulator:
         """Daily restart: the port is closed (connection refused) for ``seconds``, then listens again on
         the same port. Existing clients are dropped too unless ``drop_existing`` is False."""
         loop = asyncio.get_running_loop()
+        self._listening.clear()
         if self._server is not None:
             self._server.close()
             self._server = None
