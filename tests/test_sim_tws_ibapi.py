@@ -357,6 +357,21 @@ async def test_delay_pacing_mode_answers_everything_without_error(make_sim):
         p.disconnect()
 
 
+async def test_paceapi_connect_option_paces_instead_of_rejecting(sim):
+    """A client connecting with the "+PACEAPI" option is paced by TWS, not given error 100, in reject mode."""
+    p = Probe(sim.port, 1)
+    p.client.setConnectionOptions("+PACEAPI")
+    await run(p.connect)
+    try:
+        for _ in range(80):
+            p.client.reqCurrentTime()
+        for _ in range(80):
+            await run(p.wait, "currentTime", None, 10.0)
+        assert not p.errors(100) and not sim.stats()["violations"]
+    finally:
+        p.disconnect()
+
+
 # ---- reference data ---------------------------------------------------------------------------------------
 
 async def test_contract_details_for_stock_and_partly_specified_option(sim):

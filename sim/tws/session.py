@@ -77,6 +77,7 @@ class Session:
         self.account_sub: str | None = None
         self.summary_subs: dict[int, tuple[str, ...]] = {}
         self.auto_bind = False
+        self.pace_api = False
         self.closed = False
         self._tasks: set[asyncio.Task] = set()
         self._buf = FrameBuffer()
@@ -157,6 +158,8 @@ class Session:
                 pass
             return
         lo, hi = parse_version_range(text)
+        # "+PACEAPI" in the connect options asks TWS to pace this client's messages instead of error 100
+        self.pace_api = "+PACEAPI" in text.upper()
         version = min(hi, SERVER_VERSION)
         if version < lo or version < MIN_CLIENT_VERSION:
             log.warning("connection %d: client versions %s share none with ours (%d)", self.conn_no, text,
@@ -239,7 +242,7 @@ class Session:
         if self.rate.has_room(now):
             self.sim._count_message(self, self.rate.record(now))
             return True
-        if cfg.pacing == "delay":
+        if cfg.pacing == "delay" or self.pace_api:
             while not self.rate.has_room(loop.time()):
                 await asyncio.sleep(self.rate.wait_time(loop.time()))
             self.sim._count_message(self, self.rate.record(loop.time()))
