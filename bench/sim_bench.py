@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from sim.tws import SimConfig, TwsSimulator
-from sim.tws.probe import Probe, ProbeTimeout, option, stock
+from sim.tws.probe import Probe, option, stock
 
 MAX_SECONDS = 10.0            # hard bounds, whatever the arguments say
 MAX_RATE_PER_CLIENT = 49.0

@@ -454,3 +454,17 @@ def test_latency_model_is_seeded_with_a_few_slow_contracts():
     assert all(0.10 <= a.greeks_after(c) <= 0.50 for c in range(100))
     fast = Latency("fast", 7)
     assert max(fast.first_quote(c) for c in range(2000)) < 0.01
+
+
+def test_walk_keeps_running_high_low_and_bounded_memory(monkeypatch):
+    """High/low are running values looked up in O(1); past MAX_STEPS the oldest half is dropped."""
+    from sim.tws.market import _Path
+    monkeypatch.setattr(_Path, "MAX_STEPS", 10)
+    p = _Path(5.0)
+    for x in (7.0, 3.0, 4.0):
+        p.append(x)
+    assert p.at(3) == (4.0, 7.0, 3.0) and p.at(1) == (7.0, 7.0, 5.0)
+    for i in range(20):
+        p.append(10.0 + i)
+    assert len(p.price) <= 10 and p.end == 24 and p.at(23)[0] == 29.0
+    assert p.at(0) == p.at(p.offset)          # older than what is kept: the oldest kept step

@@ -16,13 +16,13 @@ from __future__ import annotations
 import bisect
 import calendar
 import datetime as dt
-import hashlib
 import math
 import random
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass
 from typing import Callable
 
 from . import bs
@@ -150,6 +150,43 @@ def _round_tick(x: float, tick: float, up: bool) -> float:
     return round(n * tick, 2)
 
 
+class _Path:
+    """An underlying's walk: price, running high and running low per step, in compact arrays.
+
+    Lookups are O(1) (a stock quote's high/low must not scan the day). After MAX_STEPS (about 11 days at
+    0.5 s a step) the oldest half is dropped; a step older than what is kept answers the oldest kept one.
+    """
+
+    MAX_STEPS = 2_000_000
+
+    def __init__(self, first: float) -> None:
+        self.offset = 0
+        self.price = array("d", [first])
+        self.high = array("d", [first])
+        self.low = array("d", [first])
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.price)
+
+    @property
+    def last(self) -> float:
+        return self.price[-1]
+
+    def append(self, x: float) -> None:
+        self.price.append(x)
+        self.high.append(max(self.high[-1], x))
+        self.low.append(min(self.low[-1], x))
+        if len(self.price) > self.MAX_STEPS:
+            drop = self.MAX_STEPS // 2
+            del self.price[:drop], self.high[:drop], self.low[:drop]
+            self.offset += drop
+
+    def at(self, k: int) -> tuple[float, float, float]:
+        i = min(max(k - self.offset, 0), len(self.price) - 1)
+        return self.price[i], self.high[i], self.low[i]
+
+
 class Market:
     """Listings and quotes for the simulated underlyings."""
 
@@ -162,7 +199,7 @@ class Market:
         self.step = step
         self._t0 = clock()
         self.underlyings: dict[str, Underlying] = {u.symbol: u for u in underlyings}
-        self._paths: dict[str, list[float]] = {}
+        self._paths: dict[str, _Path] = {}
         self._lock = threading.Lock()     # tests read the model from another thread
         self._rngs: dict[str, random.Random] = {}
         self._expiries: dict[str, list[str]] = {}
@@ -307,22 +344,24 @@ class Market:
             return self._walk(u, k)
 
     def _walk(self, u: Underlying, k: int) -> float:
-        path = self._paths.setdefault(u.symbol, [u.spot0])
+        p = self._paths.get(u.symbol)
+        if p is None:
+            p = self._paths[u.symbol] = _Path(u.spot0)
         rng = self._rngs.get(u.symbol)
         if rng is None:
             rng = self._rngs[u.symbol] = random.Random(f"{self.seed}:{u.symbol}")
         # per-step volatility of a 6.5-hour trading day, sped up by TIME_SCALE
         sigma = u.vol * math.sqrt(self.step * TIME_SCALE / (252 * 6.5 * 3600))
-        while len(path) <= k:
-            prev = path[-1]
+        while p.end <= k:
+            prev = p.last
             if u.deal_price is not None:
                 # mean-revert toward spot0 and never trade through the deal price
                 nxt = prev + 0.02 * (u.spot0 - prev) + rng.gauss(0.0, sigma * 3) * prev
                 nxt = min(nxt, u.deal_price - 0.05)
             else:
                 nxt = prev * math.exp(rng.gauss(0.0, sigma))
-            path.append(nxt)
-        return path[k]
+            p.append(nxt)
+        return p.at(k)[0]
 
     def years_to(self, expiry: str) -> float:
         d = dt.datetime.strptime(expiry, "%Y%m%d").date()
@@ -341,11 +380,11 @@ class Market:
         bid = round(s - u.half_spread, 2)
         ask = round(max(s + u.half_spread, bid + 0.01), 2)
         with self._lock:
-            path = self._paths[u.symbol][: k + 1]
+            _, high, low = self._paths[u.symbol].at(k)
         size = lambda tag: 1 + _h(self.seed, u.symbol, k, tag) % 30  # noqa: E731
         return StockQuote(
             symbol=u.symbol, bid=bid, ask=ask, last=round(s, 2), close=round(u.spot0, 2),
-            open=round(path[0], 2), high=round(max(path), 2), low=round(min(path), 2),
+            open=round(u.spot0, 2), high=round(high, 2), low=round(low, 2),
             bid_size=size("b"), ask_size=size("a"), last_size=size("l"),
             volume=1_000_000 + 137 * k + _h(self.seed, u.symbol) % 500_000,
             hist_vol=round(u.vol * 0.9, 6), implied_vol=round(self.smile_iv(u, s, s, 30 / 365), 6),
