@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from . import messages as M
@@ -67,9 +68,10 @@ class TwsSimulator:
         self._peak_rate_by_client: dict[int, int] = {}
         self._peak_lines = 0
         self._messages = 0
-        self._violations: list[dict] = []
-        self._errors: list[dict] = []
-        self._orders: list[SimOrder | dict] = []
+        # the most recent MAX_RECORDED of each (a CLI left running overnight must not grow without bound)
+        self._violations: deque[dict] = deque(maxlen=MAX_RECORDED)
+        self._errors: deque[dict] = deque(maxlen=MAX_RECORDED)
+        self._orders: deque[SimOrder | dict] = deque(maxlen=MAX_RECORDED)
         self.connections = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -353,16 +355,13 @@ class TwsSimulator:
             self._peak_rate_by_client[cid] = max(self._peak_rate_by_client.get(cid, 0), window_count)
 
     def _record_violation(self, client_id: int | None, code: int) -> None:
-        if len(self._violations) < MAX_RECORDED:
-            self._violations.append({"client_id": client_id, "code": code, "ts": time.time()})
+        self._violations.append({"client_id": client_id, "code": code, "ts": time.time()})
 
     def _record_error(self, client_id: int | None, req_id: int, code: int, message: str) -> None:
-        if len(self._errors) < MAX_RECORDED:
-            self._errors.append({"client_id": client_id, "req_id": req_id, "code": code, "message": message})
+        self._errors.append({"client_id": client_id, "req_id": req_id, "code": code, "message": message})
 
     def _record_order(self, order: SimOrder | dict) -> None:
-        if len(self._orders) < MAX_RECORDED:
-            self._orders.append(order)
+        self._orders.append(order)
 
     def reset_stats(self) -> None:
         """Forget peaks, violations, errors, orders and counters (not the state: lines and orders stay)."""
