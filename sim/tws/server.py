@@ -125,6 +125,7 @@ class TwsSimulator:
         self._sessions.add(session)
         task = asyncio.current_task()
         if task is not None:
+            session.task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         await session.run()
@@ -267,10 +268,9 @@ class TwsSimulator:
         sessions = list(self._sessions)
         for s in sessions:
             s.abort()
-        for _ in range(100):                 # let the sessions' run() finish their cleanup
-            if not any(s in self._sessions for s in sessions):
-                break
-            await asyncio.sleep(0.005)
+        tasks = [s.task for s in sessions if s.task is not None and s.task is not asyncio.current_task()]
+        if tasks:                            # let each session's run() finish its cleanup (bounded)
+            await asyncio.wait(tasks, timeout=2.0)
 
     def refuse_connections(self, seconds: float, drop_existing: bool = True) -> None:
         """Daily restart: the port is closed (connection refused) for ``seconds``, then listens again on

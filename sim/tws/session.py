@@ -81,6 +81,7 @@ class Session:
         self.closed = False
         self._tasks: set[asyncio.Task] = set()
         self._buf = FrameBuffer()
+        self.task: asyncio.Task | None = None      # the connection's task (set by the server)
 
     # ---- output ---------------------------------------------------------------------------------
 
