@@ -533,6 +533,25 @@ async def test_resting_limit_fills_when_market_reaches_it(sim):
         p.disconnect()
 
 
+async def test_partial_fills_take_the_size_at_the_touch(make_sim):
+    """partial_fills=True: a 61-lot (more than any quoted size) fills in pieces, then Filled at the average."""
+    sim = await make_sim(partial_fills=True)
+    exp = sim.market.expirations("MSFT")[1]
+    p = await connect(sim)
+    try:
+        p.client.placeOrder(30, option("MSFT", exp, 420.0, "C"), order("BUY", 61))
+        done = await run(p.wait, "orderStatus", lambda e: e[0] == 30 and e[1] == "Filled", 20.0)
+        execs = [e for e in p.history if e.name == "execDetails" and e[2].orderId == 30]
+        assert len(execs) >= 2 and sum(e[2].shares for e in execs) == 61
+        assert [e[2].cumQty for e in execs] == sorted(e[2].cumQty for e in execs)
+        partial = [e for e in p.history if e.name == "orderStatus" and e[0] == 30 and 0 < e[2] < 61]
+        assert partial and all(e[1] == "Submitted" for e in partial)
+        vwap = sum(e[2].shares * e[2].price for e in execs) / 61
+        assert done[4] == pytest.approx(vwap)
+    finally:
+        p.disconnect()
+
+
 async def test_what_if_returns_margin_and_places_nothing(sim):
     """A what-if order answers openOrder with whatIf and margin fields; no order is placed or filled."""
     p = await connect(sim)

@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pacing", choices=("reject", "delay"), default="reject",
                    help="over 50 msg/s: error 100 (reject) or TWS's 'apply pacing' mode (delay)")
+    p.add_argument("--partial-fills", action="store_true",
+                   help="fill at most the size quoted at the touch per quote (default: whole fills)")
     p.add_argument("--today", type=dt.date.fromisoformat, default=None,
                    help="build the listings as of this date (YYYY-MM-DD; default: today, UTC)")
     p.add_argument("--no-commands", action="store_true", help="do not read fault commands from stdin")
@@ -43,7 +45,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
     accounts = tuple(args.account) if args.account else (("U1234567",) if args.live else ("DU1234567",))
     return SimConfig(host="127.0.0.1", port=args.port, accounts=accounts, read_only=args.read_only,
                      max_lines=args.max_lines, latency=args.latency, seed=args.seed, pacing=args.pacing,
-                     today=args.today)
+                     today=args.today, partial_fills=args.partial_fills)
 
 
 def _stdin_is_ours() -> bool:

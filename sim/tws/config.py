@@ -21,6 +21,7 @@ class SimConfig:
     max_rate: int = 50                 # messages per client in any 1-second window
     max_violations: int = 3            # the Nth pacing violation disconnects the client
     max_clients: int = 32
+    partial_fills: bool = False        # fill at most the size shown at the touch per quote (off: whole fills)
     step: float = 0.5                  # seconds per market random-walk step
     today: dt.date | None = None       # listings are built from this date (default: today, UTC)
     handshake_timeout: float = 30.0    # a client that never sends its version/startApi is dropped

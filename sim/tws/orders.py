@@ -1,8 +1,9 @@
 """Orders, fills, positions and account values of the simulated accounts (pure: no I/O).
 
 The session layer turns what happens here into openOrder / orderStatus / execDetails messages.
-Fills are whole (no partial fills) at the touch: a buy at the ask, a sell at the bid; market orders
-without a quote on their side rest until one appears. Commissions follow IB's fixed US pricing.
+Fills happen at the touch: a buy at the ask, a sell at the bid; market orders without a quote on their
+side rest until one appears. Whole fills by default; with partial fills on, each fill takes at most the
+size shown at the touch and the rest waits for the next quote. Commissions follow IB's fixed US pricing.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class SimOrder:
     last_fill_price: float = 0.0
     completed_time: str = ""
     completed_status: str = ""
+    last_fill_step: int = -1     # partial fills: one fill per quote (walk step)
 
     @property
     def remaining(self) -> float:
@@ -159,9 +161,18 @@ class Broker:
             return bid
         return None
 
-    def fill(self, o: SimOrder, price: float) -> Execution:
-        """Fill the whole remaining quantity at ``price``; update position, cash and the order."""
-        qty = o.remaining
+    def size_at_touch(self, o: SimOrder) -> float:
+        """Quantity shown on the side this order takes (stock sizes are quoted in round lots of 100)."""
+        ins = o.instrument
+        if ins.is_option:
+            q = self.market.option_quote(ins.symbol, ins.expiry, ins.strike, ins.right)
+            return float(q.ask_size if o.action == "BUY" else q.bid_size)
+        q = self.market.stock_quote(ins.symbol)
+        return float((q.ask_size if o.action == "BUY" else q.bid_size) * 100)
+
+    def fill(self, o: SimOrder, price: float, qty: float | None = None) -> Execution:
+        """Fill ``qty`` (default: all that remains) at ``price``; update position, cash and the order."""
+        qty = o.remaining if qty is None else min(max(qty, 0.0), o.remaining)
         ins = o.instrument
         acct = self.accounts[o.account]
         signed = qty if o.action == "BUY" else -qty
@@ -186,18 +197,20 @@ class Broker:
                 pos.avg_cost = price * mult
         acct.positions[ins.con_id] = pos
         acct.cash -= signed * price * mult + commission
+        o.avg_fill_price = (o.avg_fill_price * o.filled + price * qty) / (o.filled + qty)
         o.filled += qty
-        o.avg_fill_price = price
         o.last_fill_price = price
-        o.status = "Filled"
-        o.completed_status = "Filled"
         now = dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
-        o.completed_time = now.strftime("%Y%m%d %H:%M:%S UTC")
+        if o.remaining <= 1e-9:
+            o.status = "Filled"
+            o.completed_status = "Filled"
+            o.completed_time = now.strftime("%Y%m%d %H:%M:%S UTC")
         e = Execution(exec_id=f"0000e0d5.{next(self._exec):08x}.01.01", order_id=o.order_id,
                       client_id=o.client_id, perm_id=o.perm_id, account=o.account, instrument=ins,
                       side="BOT" if o.action == "BUY" else "SLD", shares=qty, price=price,
                       time=now.strftime("%Y%m%d  %H:%M:%S"), exchange="CBOE" if ins.is_option else "ISLAND",
-                      cum_qty=o.filled, avg_price=price, order_ref=o.order_ref, commission=commission,
+                      cum_qty=o.filled, avg_price=round(o.avg_fill_price, 6), order_ref=o.order_ref,
+                      commission=commission,
                       realized_pnl=realized)
         self.executions.append(e)
         return e

@@ -228,7 +228,14 @@ class TwsSimulator:
         price = self.broker.fill_price(order)
         if price is None:
             return False
-        execution = self.broker.fill(order, price)
+        qty = None
+        if self.config.partial_fills:
+            step = self.market.step_index()
+            if order.last_fill_step == step:
+                return False                 # the size shown at this quote is taken: wait for the next one
+            order.last_fill_step = step
+            qty = min(order.remaining, max(self.broker.size_at_touch(order), 1.0))
+        execution = self.broker.fill(order, price, qty)
         for s in self._order_sessions(order):
             s.send(M.execution_data(-1, execution))
             s.send(M.commission_report(execution))
