@@ -162,8 +162,14 @@ def seller_metrics(c: Contract, mid: float, spot: float, today: _dt.date) -> dic
 
     premium: mid x multiplier (per contract); otm_distance: how far out of the money as a fraction of spot
     (negative = in the money); capital_at_risk: the stock for a covered call (spot x multiplier), the strike for a
-    cash-secured put (strike x multiplier); annual_yield: premium / capital x 365 / days (a same-day expiry counts
-    as one day). Yield is None when there is no premium to earn.
+    cash-secured put (strike x multiplier); time_value: the premium less the option's intrinsic value, per contract;
+    annual_yield: time_value / capital x 365 / days (a same-day expiry counts as one day). Yield is None when there
+    is nothing to earn.
+
+    Why time value and not the whole premium: the intrinsic part of an in-the-money option is not income to the
+    seller. A covered call assigned below the spot gives that much of the stock's value back; a put assigned above
+    the spot buys the stock for that much more than it is worth. Ranking by the whole premium would put deep
+    in-the-money contracts first with yields in the hundreds of percent.
     """
     mult = _finite(c.multiplier) if c.multiplier else None
     mult = mult if mult and mult > 0 else 100.0
@@ -172,12 +178,15 @@ def seller_metrics(c: Contract, mid: float, spot: float, today: _dt.date) -> dic
     if c.right == "P":
         capital = c.strike * mult
         otm = (spot - c.strike) / spot if spot > 0 else None
+        intrinsic = max(0.0, c.strike - spot) if spot > 0 else 0.0
     else:
         capital = spot * mult
         otm = (c.strike - spot) / spot if spot > 0 else None
-    annual = premium / capital * 365.0 / max(days, 1) if premium > 0 and capital > 0 else None
-    return {"premium": premium, "otm_distance": otm, "capital_at_risk": capital, "annual_yield": annual,
-            "days_to_expiry": days}
+        intrinsic = max(0.0, spot - c.strike) if spot > 0 else 0.0
+    time_value = max(0.0, premium - intrinsic * mult)
+    annual = time_value / capital * 365.0 / max(days, 1) if time_value > 0 and capital > 0 else None
+    return {"premium": premium, "time_value": time_value, "otm_distance": otm, "capital_at_risk": capital,
+            "annual_yield": annual, "days_to_expiry": days}
 
 
 def sell_row(c: Contract, q: Quote, spot: float, today: _dt.date) -> dict:

@@ -106,35 +106,49 @@ def test_underlying_price_preference():
 
 
 def test_covered_call_yield_math():
-    """Covered call: premium = mid x 100, capital = spot x 100, yield = premium / capital x 365 / days."""
+    """Covered call out of the money: premium = mid x 100, capital = spot x 100, yield = premium / capital x 365 / days."""
     today = dt.date(2026, 1, 21)       # 30 days before 20260220
-    m = seller_metrics(CALL, 2.0, 200.0, today)
-    assert m["premium"] == 200.0 and m["capital_at_risk"] == 20000.0 and m["days_to_expiry"] == 30
-    assert abs(m["annual_yield"] - 200.0 / 20000.0 * 365 / 30) < 1e-12
+    m = seller_metrics(CALL, 2.0, 185.0, today)
+    assert m["premium"] == 200.0 and m["time_value"] == 200.0
+    assert m["capital_at_risk"] == 18500.0 and m["days_to_expiry"] == 30
+    assert abs(m["annual_yield"] - 200.0 / 18500.0 * 365 / 30) < 1e-12
+    assert abs(m["otm_distance"] - (190.0 - 185.0) / 185.0) < 1e-12
+
+
+def test_in_the_money_call_yields_only_its_time_value():
+    """An in-the-money call's intrinsic value is not income: yield counts only premium above it."""
+    today = dt.date(2026, 1, 21)
+    m = seller_metrics(CALL, 10.5, 200.0, today)            # intrinsic 10.00, time value 0.50
+    assert m["premium"] == 1050.0 and abs(m["time_value"] - 50.0) < 1e-9
+    assert abs(m["annual_yield"] - 50.0 / 20000.0 * 365 / 30) < 1e-12
     assert abs(m["otm_distance"] - (190.0 - 200.0) / 200.0) < 1e-12       # in the money: negative
+    assert seller_metrics(CALL, 9.0, 200.0, today)["annual_yield"] is None  # below intrinsic: nothing to earn
 
 
 def test_cash_secured_put_yield_math():
-    """Cash-secured put: capital = strike x 100, OTM distance = (spot - strike) / spot."""
+    """Cash-secured put: capital = strike x 100, OTM distance = (spot - strike) / spot; ITM yields time value only."""
     today = dt.date(2026, 1, 21)
     m = seller_metrics(PUT, 1.5, 200.0, today)
     assert m["capital_at_risk"] == 18000.0
     assert abs(m["annual_yield"] - 150.0 / 18000.0 * 365 / 30) < 1e-12
     assert abs(m["otm_distance"] - 0.1) < 1e-12
+    itm = seller_metrics(PUT, 12.0, 170.0, today)            # intrinsic 10.00, time value 2.00
+    assert abs(itm["time_value"] - 200.0) < 1e-9
+    assert abs(itm["annual_yield"] - 200.0 / 18000.0 * 365 / 30) < 1e-12
 
 
 def test_same_day_expiry_counts_one_day_and_no_premium_no_yield():
     """A 0-day expiry counts as one day; no premium means no yield (None)."""
     today = dt.date(2026, 2, 20)
-    assert seller_metrics(CALL, 1.0, 200.0, today)["annual_yield"] == 1.0 * 100 / 20000 * 365
-    assert seller_metrics(CALL, 0.0, 200.0, today)["annual_yield"] is None
+    assert seller_metrics(CALL, 1.0, 185.0, today)["annual_yield"] == 1.0 * 100 / 18500 * 365
+    assert seller_metrics(CALL, 0.0, 185.0, today)["annual_yield"] is None
 
 
 def test_ranking_best_yield_first_nothing_last():
     """Sell-scan rows are sorted by annual yield, best first, unpriced rows last."""
     today = dt.date(2026, 1, 21)
     rows = [sell_row(Contract.option("AAPL", "20260220", k, "C"), Quote(bid=b, ask=b + 0.2), 200.0, today)
-            for k, b in ((200.0, 3.0), (210.0, -1.0), (205.0, 5.0), (195.0, 1.0))]
+            for k, b in ((200.0, 3.0), (210.0, -1.0), (205.0, 5.0), (195.0, 6.0))]
     ranked = rank_for_seller(rows)
     assert [r["strike"] for r in ranked] == [205.0, 200.0, 195.0, 210.0]
     assert ranked[-1]["annual_yield"] is None
