@@ -241,22 +241,13 @@ async def run(n: int, runs: int, seed: int) -> list[tuple[str, str, str]]:
         rows += await bench_prices_under_load(sim, scanner, runs, n)
         rows += await limits_rows(sim, bridge, pacer)
     rows += await bench_concurrent(seed)
-    rows += await bench_concurrent(seed, instant_answers=True)
     return rows
 
 
-async def bench_concurrent(seed: int, instant_answers: bool = False) -> list[tuple[str, str, str]]:
+async def bench_concurrent(seed: int) -> list[tuple[str, str, str]]:
     """Five flows at once on a fresh simulator, cold caches: lookups (contract details, option parameters,
-    per-expiry listings) interleave with other flows' streaming.
-
-    ``instant_answers``: the simulator answers reference data without its realistic delay. It handles one
-    client's messages one after another and waits out that delay inline, so while it "looks up" a contract
-    list it reads nothing else; the backlog then arrives in one burst, and its 1-second count can pass 50 though
-    the agent sent at most 45 per 1.1 s. Running both ways shows how much of what it counts is that artefact.
-    """
+    per-expiry listings) interleave with other flows' streaming."""
     async with stack(seed) as (sim, bridge, pacer, scanner):
-        if instant_answers:
-            sim.latency.answer = lambda n_items=1: 0.0
         close = sim.market.today + dt.timedelta(days=30)
         t0 = time.perf_counter()
 
@@ -275,7 +266,7 @@ async def bench_concurrent(seed: int, instant_answers: bool = False) -> list[tup
         ), SCENARIO_TIMEOUT)
         await bridge.current_time(timeout=5.0)
         st = sim.stats()
-    tag = "concurrent, instant reference data" if instant_answers else "concurrent"
+    tag = "concurrent"
     return [(f"{tag}: 2 chains + 2 sell scans + 8 legs", f"{time.perf_counter() - t0:.1f} s", ", ".join(done)),
             (f"  {tag}: violations", f"{len(st['violations'])}",
              f"peak {st['peak_msg_rate']}/s at TWS, {st['active_lines']} lines left open, peak lines "

@@ -640,3 +640,19 @@ async def test_probe_connect_times_out_instead_of_hanging(make_sim):
     sim.silent_handshake = True
     with pytest.raises(ProbeTimeout):
         await run(Probe(sim.port, 3).connect, 0.5)
+
+
+async def test_a_slow_contract_lookup_does_not_hold_up_the_clients_other_messages(sim):
+    """TWS keeps reading while it looks reference data up: a later reqCurrentTime is answered first."""
+    sim.latency.answer = lambda n_items=1: 0.5
+    p = await connect(sim)
+    try:
+        p.client.reqContractDetails(41, stock("AAPL"))
+        p.client.reqCurrentTime()
+        await run(p.wait, "currentTime", timeout=2.0)
+        assert p.count("contractDetailsEnd") == 0
+        await run(p.wait, "contractDetailsEnd", timeout=3.0)
+        names = [e.name for e in p.history if e.name in ("currentTime", "contractDetailsEnd")]
+        assert names == ["currentTime", "contractDetailsEnd"]
+    finally:
+        p.disconnect()

@@ -245,12 +245,12 @@ class Session(MarketDataHandlers, AccountHandlers, OrderHandlers):
 
     # ---- reference data -------------------------------------------------------------------------
 
-    async def req_contract_details(self, fields: list[str]) -> None:
+    def req_contract_details(self, fields: list[str]) -> None:
         rid, c = R.parse_contract_details(fields)
         found = resolve(self.sim.market, c)
-        delay = self.sim.latency.answer(len(found))
-        if delay:
-            await asyncio.sleep(delay)
+        self._answer_later(self.sim.latency.answer(len(found)), self._send_contract_details, rid, found)
+
+    def _send_contract_details(self, rid: int, found: list) -> None:
         if not found:
             self.error(rid, 200, "No security definition has been found for the request")
             return
@@ -275,7 +275,7 @@ class Session(MarketDataHandlers, AccountHandlers, OrderHandlers):
                                                       "STP,STPLMT,TRAIL"))
         self.send(M.contract_data_end(rid))
 
-    async def req_sec_def_opt_params(self, fields: list[str]) -> None:
+    def req_sec_def_opt_params(self, fields: list[str]) -> None:
         f = Fields(fields, 1)
         rid = f.int()
         symbol, fut_fop_exchange, sec_type = f.str().upper(), f.str().upper(), f.str().upper()
@@ -284,9 +284,32 @@ class Session(MarketDataHandlers, AccountHandlers, OrderHandlers):
         if u is None or sec_type not in ("STK", "") or (con_id and con_id != u.con_id):
             self.error(rid, 200, "No security definition has been found for the request")
             return
-        delay = self.sim.latency.answer()
-        if delay:
+        self._answer_later(self.sim.latency.answer(), self._send_sec_def_opt_params, rid, u, symbol,
+                           fut_fop_exchange)
+
+    def _answer_later(self, delay: float, send, *args) -> None:
+        """Answer after ``delay`` without holding up this client's other messages.
+
+        TWS keeps reading a client's socket while it looks reference data up. Sleeping in the read loop instead
+        would let the client's next messages pile up in the socket and then count them all at once, a burst
+        the client never sent (error 100 for a client that kept to 45/s).
+        """
+        if not delay:
+            send(*args)
+            return
+
+        async def later() -> None:
             await asyncio.sleep(delay)
+            if self.closed:
+                return
+            try:
+                send(*args)
+            except Exception:  # noqa: BLE001 - a bad answer must never end the session
+                log.exception("client %s: delayed answer %s failed", self.client_id, send.__name__)
+
+        self.spawn(later())
+
+    def _send_sec_def_opt_params(self, rid: int, u, symbol: str, fut_fop_exchange: str) -> None:
         for exchange, tclass, mult, exps, strikes in self.sim.market.option_params(symbol):
             if fut_fop_exchange and fut_fop_exchange != exchange:
                 continue
