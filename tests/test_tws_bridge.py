@@ -119,6 +119,13 @@ async def test_connect_reports_accounts_farms_and_event():
         assert "paper account DU1234567" in b.status_message
 
 
+async def test_the_tws_socket_sends_small_requests_at_once():
+    """The bridge turns Nagle's algorithm off on the TWS socket (ibapi leaves it on)."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        sock = b._session.client.conn.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 async def test_silent_handshake_raises_handshake_timeout():
     """A port that accepts TCP but never answers the API handshake raises HandshakeTimeout, not a hang."""
     async with simulator() as sim:
