@@ -62,42 +62,34 @@ def farm_name(message: str) -> str:
 
 # --- values --------------------------------------------------------------------------------------
 
-def clean_price(v: float | None) -> float | None:
-    """IB's "no price": -1 (no bid/ask), >= 1e300 (not computed), NaN. Everything else is a price."""
+def _value(v) -> float | None:
+    """A number IB sent, or None for nothing, NaN/Inf and the ">= 1e300: not computed" sentinel."""
     if v is None:
         return None
     try:
         v = float(v)
     except (TypeError, ValueError):
         return None
-    if math.isnan(v) or math.isinf(v) or abs(v) >= 1e300 or v == -1.0:
+    if math.isnan(v) or math.isinf(v) or abs(v) >= 1e300:
         return None
     return v
+
+
+def clean_price(v: float | None) -> float | None:
+    """IB's "no price": -1 (no bid/ask), >= 1e300 (not computed), NaN. Everything else is a price."""
+    v = _value(v)
+    return None if v == -1.0 else v
 
 
 def clean_size(v: float | int | None) -> float | None:
-    if v is None:
-        return None
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    if math.isnan(v) or math.isinf(v) or abs(v) >= 1e300 or v < 0:
-        return None
-    return v
+    v = _value(v)
+    return None if v is None or v < 0 else v
 
 
 def clean_greek(v: float | None) -> float | None:
     """Greeks: -2 (and >= 1e300) mean "not computed". A delta or theta of -1 is a real value."""
-    if v is None:
-        return None
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    if math.isnan(v) or math.isinf(v) or abs(v) >= 1e300 or v == -2.0:
-        return None
-    return v
+    v = _value(v)
+    return None if v == -2.0 else v
 
 
 def clean_iv(v: float | None) -> float | None:
