@@ -25,11 +25,14 @@ class MarketDataLine:
         self.snapshot_done = False
         self._bridge = bridge
         self._session_id = session_id
-        self._changed = asyncio.Event()
+        self._waiters: set[asyncio.Future] = set()     # one per wait() in progress; _notify wakes them all
         self._closing: asyncio.Task | None = None
 
     def _notify(self) -> None:
-        self._changed.set()
+        """The quote changed (or the line closed/failed): wake every wait(). Called on the loop."""
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(False)
 
     def _settled(self, predicate: Callable[[Quote], bool]) -> bool:
         if self.quote.error_code is not None:
@@ -40,7 +43,13 @@ class MarketDataLine:
             return False
 
     async def wait(self, predicate: Callable[[Quote], bool], timeout: float) -> bool:
-        """True when ``predicate(quote)`` holds or the line failed (quote.error_code set); False on timeout."""
+        """True when ``predicate(quote)`` holds or the line failed (quote.error_code set); False on timeout.
+
+        A cancelled caller always gets CancelledError, even when a tick lands in the same loop iteration: the
+        caller awaits a bare future that ``_notify`` or the deadline timer completes. (``asyncio.wait_for`` on
+        Python <= 3.11 returns the inner result instead of raising when the cancellation and the completion
+        coincide, so a cancelled request went on running with its lines.)
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         while True:
@@ -49,11 +58,21 @@ class MarketDataLine:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            self._changed.clear()
+            fut: asyncio.Future = loop.create_future()
+            self._waiters.add(fut)
+            timer = loop.call_later(remaining, _complete, fut, True)
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+                timed_out = await fut
+            finally:
+                timer.cancel()
+                self._waiters.discard(fut)
+            if timed_out:
                 return self._settled(predicate)
 
     def __repr__(self) -> str:
         return f"<MarketDataLine {self.req_id} {self.contract.describe()} closed={self.closed}>"
+
+
+def _complete(fut: asyncio.Future, value: object) -> None:
+    if not fut.done():
+        fut.set_result(value)
