@@ -254,13 +254,15 @@ class Pacer:
             return
         try:
             # Bounded: the pump grants `rate` tokens a second; the timeout only guards against a dead pump.
-            await asyncio.wait_for(asyncio.shield(ticket.future), timeout=60.0 + len(self._waiting) / self.rate)
-        except asyncio.TimeoutError:
-            self.drop_ticket(ticket)
-            raise RequestTimeout("timed out waiting for a TWS message slot (pacer)") from None
+            # asyncio.wait, not wait_for(shield(...)): on Python <= 3.11 wait_for returns the result when the
+            # grant and a cancellation land in the same loop iteration, so a cancelled caller would send anyway.
+            done, _ = await asyncio.wait({ticket.future}, timeout=60.0 + len(self._waiting) / self.rate)
         except asyncio.CancelledError:
             self.drop_ticket(ticket)
             raise
+        if not done:
+            self.drop_ticket(ticket)
+            raise RequestTimeout("timed out waiting for a TWS message slot (pacer)")
 
     def ticket(self) -> "Ticket":
         """Take the token now, or a place in the queue now (without awaiting, so places follow call order).
@@ -346,14 +348,17 @@ class Pacer:
         self._line_waiters.append(entry)
         self.line_waits += 1
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
+            # asyncio.wait, not wait_for(shield(...)): on Python <= 3.11 wait_for returns the grant when it and a
+            # cancellation land in the same loop iteration, so a cancelled request would go on with the lines.
+            done, _ = await asyncio.wait({fut}, timeout=timeout)
+        except asyncio.CancelledError:
+            self._drop_line_waiter(entry)       # gives back lines granted meanwhile
+            raise
+        if not done:
             self._drop_line_waiter(entry)
             raise RequestTimeout(f"no market data line became free within {timeout:g} s "
-                                 f"({self._lines.in_use} of {self._lines.budget} in use)") from None
-        except asyncio.CancelledError:
-            self._drop_line_waiter(entry)
-            raise
+                                 f"({self._lines.in_use} of {self._lines.budget} in use)")
+        return fut.result()
 
     def _drop_line_waiter(self, entry: tuple[int, asyncio.Future]) -> None:
         want, fut = entry

@@ -246,3 +246,39 @@ async def test_acquire_lines_timeout_and_cancel_do_not_leak():
         await t
     p.release_lines(2)
     assert p.lines_in_use == 0 and p.stats()["line_waiters"] == 0
+
+
+async def test_line_waiter_cancelled_as_its_grant_lands_raises_and_gives_the_lines_back():
+    """A line waiter cancelled in the same loop iteration as its grant raises CancelledError; the line returns."""
+    p = Pacer(max_lines=12, line_margin=10)         # budget 2
+    assert await p.acquire_lines(2) == 2
+    t = asyncio.create_task(p.acquire_lines(1))
+    await asyncio.sleep(0)                          # t is queued for a line
+    p.release_lines(1)                              # grants t's line now ...
+    t.cancel()                                      # ... and t is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    assert p.lines_in_use == 1 and p.stats()["line_waiters"] == 0
+
+
+async def test_message_waiter_cancelled_as_its_token_lands_raises():
+    """A message waiter cancelled in the same loop iteration as its token is granted raises CancelledError."""
+    p = Pacer(rate=2, burst=2)
+    await p.message()
+    await p.message()
+    queued = asyncio.Event()
+    real_ticket = p.ticket
+
+    def ticket():
+        tk = real_ticket()
+        queued.set()
+        return tk
+
+    p.ticket = ticket
+    t = asyncio.create_task(p.message())
+    await queued.wait()                             # t holds a place in the queue and waits for it
+    granted = p._waiting.pop()                      # the pump's grant, done here so it lands with the cancel
+    granted.set_result(None)
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
