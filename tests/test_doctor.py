@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import socket
 from pathlib import Path
 
@@ -17,12 +18,17 @@ FAST = Timeouts(tcp=1.0, handshake=0.5, start_api=2.0, what_if=2.0, quote=2.0, r
 
 
 def closed_port() -> int:
-    """A loopback port that nothing listens on (bound, then released)."""
+    """A loopback port that nothing listens on. The socket stays bound (not listening) until the process exits:
+    a released port could meanwhile become a parallel run's server, or the kernel's pick for a client's own source
+    port (a TCP self-connect then looks like a listener). Bound and not listening, it refuses connections."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    _HELD_PORTS.append(s)
+    return s.getsockname()[1]
+
+
+_HELD_PORTS: list[socket.socket] = []
+atexit.register(lambda: [s.close() for s in _HELD_PORTS])
 
 
 def write_config(tmp_path: Path, **values: object) -> Path:
