@@ -56,11 +56,14 @@ async def test_refuse_connections_then_listen_again_on_the_same_port(sim):
     """Daily restart: connecting fails while the port is closed and works again afterwards, same port."""
     p = await connect(sim, 1)
     port = sim.port
-    sim.refuse_connections(0.3)
+    # Closed until the test says so: with a short window the refused attempt raced the reopening (ibapi's
+    # reader takes up to 0.2 s to report connectionClosed, which left 0.1 s of a 0.3 s window under load).
+    sim.refuse_connections(60.0)
     await run(p.wait, "connectionClosed")
     assert not sim.accepting
     with pytest.raises(ConnectionError):
         await run(Probe(port, 2).connect, 2.0)
+    sim.refuse_connections(0.0, drop_existing=False)     # the restart is over now: the port listens again
     await sim.wait_listening(5.0)
     q = await run(Probe(port, 2).connect, 5.0)
     try:
