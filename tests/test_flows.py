@@ -235,7 +235,8 @@ async def test_cancelled_request_leaks_no_line():
         with pytest.raises(asyncio.CancelledError):
             await task
         # The bridge finishes the cancelMktData of a line whose request was cancelled while closing it (in its
-        # own task, paced): after one more round trip every line is closed at TWS and back in the pacer.
+        # own task, paced): await those tasks, then one more round trip so TWS has read every cancel.
+        assert await bridge.wait_lines_closed(10.0)
         await sim_caught_up(bridge)
         assert pacer.lines_in_use == 0 and bridge.open_lines == 0
         assert sim.stats()["active_lines"] == 0
