@@ -4,10 +4,10 @@ sending ~500 messages per second for a few seconds (loopback only, bounded in co
 Measures, per request kind, the answer latency as the client sees it (send → callback in ibapi's reader
 thread) and, overall, messages sent vs received by the simulator vs answered.
 
-    python -m bench.sim_bench [--clients 10] [--rate 48] [--seconds 3]
+    python -m bench.sim_bench [--clients 11] [--rate 48] [--seconds 3]
 
-Note: five clients under 50 msg/s each can send at most 250 msg/s in total, so the default uses ten
-clients at 48 msg/s (~480 msg/s) to reach the ~500 msg/s target; `--clients 5` runs the five-client case.
+Note: five clients under 50 msg/s each can send at most 250 msg/s in total, so the default uses eleven
+clients at 48 msg/s (~528 msg/s) to pass the 500 msg/s target; `--clients 5` runs the five-client case.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class _Client:
         p.disconnect()
 
 
-async def run_async(clients: int = 10, rate: float = 48.0, seconds: float = 3.0, latency: str = "fast",
+async def run_async(clients: int = 11, rate: float = 48.0, seconds: float = 3.0, latency: str = "fast",
                     nodelay: bool = False) -> list[dict]:
     clients = max(1, min(clients, MAX_CLIENTS))
     rate = max(1.0, min(rate, MAX_RATE_PER_CLIENT))
@@ -183,7 +183,7 @@ async def run_async(clients: int = 10, rate: float = 48.0, seconds: float = 3.0,
     return rows
 
 
-def run(clients: int = 10, rate: float = 48.0, seconds: float = 3.0, latency: str = "fast",
+def run(clients: int = 11, rate: float = 48.0, seconds: float = 3.0, latency: str = "fast",
         nodelay: bool = False) -> list[dict]:
     """Synchronous entry for bench/run.py (from inside a running loop, await run_async instead)."""
     return asyncio.run(run_async(clients, rate, seconds, latency, nodelay))
@@ -204,7 +204,7 @@ def _print(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.sim_bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=11)
     ap.add_argument("--rate", type=float, default=48.0, help="messages per second per client (max 49)")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--latency", choices=("fast", "realistic"), default="fast")
