@@ -23,6 +23,7 @@ RELAY_WAIT = {"fetch_chain": 180.0, "sell_scan": 120.0, "fetch_prices": 60.0, "f
 # flows sharing the pacer, contract resolution and quote latency, so leave plenty of room.
 TIME_SHARE = 0.5
 MESSAGES_PER_CONTRACT = 2      # reqMktData + cancelMktData
+IB_MESSAGE_LIMIT = 50          # IB's API limit, messages per second; the agent paces itself below it
 CHAIN_EXPIRIES_AFTER_CLOSE = 3
 CHAIN_LOW, CHAIN_HIGH = 0.75, 1.10
 _EPS = 1e-6
@@ -185,6 +186,7 @@ def check_request_size(request_type: str, n_contracts: int, how_to_narrow: str, 
     if n_contracts > limit:
         secs = estimate_seconds(n_contracts, msg_rate)
         raise RequestTooLarge(
-            f"This {request_type.replace('_', '-')} needs {n_contracts} option quotes, about {secs:.0f} s at IB's "
-            f"limit of {msg_rate:g} messages per second, but the web app waits only {RELAY_WAIT[request_type]:.0f} s "
+            f"This {request_type.replace('_', '-')} needs {n_contracts} option quotes, about {secs:.0f} s at the "
+            f"agent's pace of {msg_rate:g} messages per second (IB allows at most {IB_MESSAGE_LIMIT}), but the web "
+            f"app waits only {RELAY_WAIT[request_type]:.0f} s "
             f"(at most {limit} quotes per request). {how_to_narrow}")

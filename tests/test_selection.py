@@ -148,6 +148,15 @@ def test_request_size_refusal_says_how_to_narrow():
     assert "Send fewer legs." in str(e.value) and "60 s" in str(e.value)
 
 
+def test_request_size_refusal_names_the_agents_pace_and_ibs_limit_apart():
+    """The refusal calls 45/s the agent's own pace and 50/s IB's limit (not "IB's limit of 45")."""
+    with pytest.raises(RequestTooLarge) as e:
+        check_request_size("fetch_prices", max_contracts("fetch_prices") + 1, "Send fewer legs.", 45.0)
+    msg = str(e.value)
+    assert "agent's pace of 45 messages per second" in msg and "IB allows at most 50" in msg
+    assert "IB's limit of 45" not in msg
+
+
 def test_request_size_limit_fits_inside_relay_wait():
     """The largest accepted request needs at most half the relay's wait at 45 messages/s."""
     for kind, wait in (("fetch_chain", 180), ("sell_scan", 120), ("fetch_prices", 60)):
