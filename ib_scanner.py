@@ -22,6 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.errors import AgentError, IBDisconnected, IBError, InvalidRequest, RequestTimeout
 from agent.protocol import (FetchChainPayload, FetchPricesPayload, FetchUnderlyingPayload, SellScanPayload,
@@ -51,6 +52,26 @@ SETTLE = 0.3                 # after quotes + greeks, how long a chain line wait
 
 # What a line must have before it can be cancelled early.
 NEED_QUOTES, NEED_GREEKS, NEED_STATS = 1, 2, 4
+
+
+# US options expire on New York's calendar, whatever the trader's own time zone: a trader in Asia must not see
+# today's US expiry refused as "in the past". Without an IANA database (Windows without the tzdata package)
+# ZoneInfo raises; then New York's standard offset, off by one hour only around midnight in summer.
+NY_ZONE = "America/New_York"
+NY_STANDARD = _dt.timezone(_dt.timedelta(hours=-5), "UTC-05:00")
+
+
+def new_york_tz() -> _dt.tzinfo:
+    try:
+        return ZoneInfo(NY_ZONE)
+    except ZoneInfoNotFoundError:
+        log.debug("no time zone database for %s (install tzdata): using UTC-5 for the exchange date", NY_ZONE)
+        return NY_STANDARD
+
+
+def new_york_today(now: Callable[[_dt.tzinfo], _dt.datetime] = _dt.datetime.now) -> _dt.date:
+    """Today's date in New York, the calendar US option expiries are on (``now(tz)`` is injectable for tests)."""
+    return now(new_york_tz()).date()
 
 
 @dataclass
@@ -129,7 +150,7 @@ async def _gather(*aws: Awaitable[Any]) -> list:
 class OptionScanner:
     def __init__(self, bridge, pacer, *, chunk_size: int = 50, window: float = 2.5,
                  clock: Callable[[], float] = time.monotonic,
-                 today: Callable[[], _dt.date] = _dt.date.today, settle: float = SETTLE,
+                 today: Callable[[], _dt.date] = new_york_today, settle: float = SETTLE,
                  msg_rate: float | None = None):
         self.bridge = bridge
         self.pacer = pacer

@@ -4,13 +4,16 @@ cancellation and concurrency limits (no sockets; the simulator tests are in test
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import pytest
 
 from agent.errors import IBDisconnected
 from agent.pacer import Pacer
 from agent.types import Contract, Quote
-from ib_scanner import NEED_GREEKS, NEED_QUOTES, NEED_STATS, OptionScanner, line_done, stock_done
+import ib_scanner
+from ib_scanner import (NEED_GREEKS, NEED_QUOTES, NEED_STATS, OptionScanner, line_done, new_york_today,
+                        stock_done)
 
 
 class FakeLine:
@@ -256,3 +259,22 @@ def test_heard_nothing_distinguishes_silence_from_no_market():
     assert heard_nothing(Quote())
     assert not heard_nothing(Quote(bid=None, bid_size=0.0, ask=None, ask_size=0.0))
     assert not heard_nothing(Quote(error_code=200, error="no such contract"))
+
+
+# 02:30 UTC on 10 March 2026: already the 10th in Asia and in UTC, still the 9th in New York (EDT, UTC-4).
+LATE_EVENING_IN_NEW_YORK = dt.datetime(2026, 3, 10, 2, 30, tzinfo=dt.timezone.utc)
+
+
+def test_today_is_new_yorks_date_not_the_traders():
+    """Expiry dates are judged on New York's calendar: at 02:30 UTC it is still yesterday there."""
+    assert new_york_today(lambda tz: LATE_EVENING_IN_NEW_YORK.astimezone(tz)) == dt.date(2026, 3, 9)
+    assert OptionScanner(None, Pacer())._today is new_york_today
+
+
+def test_today_without_a_time_zone_database_uses_new_yorks_standard_offset(monkeypatch):
+    """Without tzdata (Windows) ZoneInfo raises; the date then comes from UTC-5 instead of failing."""
+    def no_database(key):
+        raise ib_scanner.ZoneInfoNotFoundError(key)
+    monkeypatch.setattr(ib_scanner, "ZoneInfo", no_database)
+    at_0430_utc = dt.datetime(2026, 1, 10, 4, 30, tzinfo=dt.timezone.utc)      # 23:30 on the 9th at UTC-5
+    assert new_york_today(lambda tz: at_0430_utc.astimezone(tz)) == dt.date(2026, 1, 9)
