@@ -303,6 +303,7 @@ def agent_state(ctx: AgentContext, dispatcher: Dispatcher | None = None) -> dict
         "ib_accounts": accounts,
         "paper": b.is_paper,
         "reconnecting": bool(b.reconnecting),
+        "last_connected": getattr(b, "last_connected", None),
         "status_message": b.status_message,
         "read_only_session": b.read_only_session,
         "version": VERSION,

@@ -243,7 +243,13 @@ class TwsCallbacks:
                 log.info("Disconnected from TWS on port %s", session.port)
             else:
                 log.warning("Lost the connection to TWS on port %s (%s)", session.port, reason)
-                self.status_message = f"Lost the connection to TWS on port {session.port}; reconnecting"
+                self.status_message = f"Lost the connection to TWS on port {session.port}"
+                self._down_since = time.monotonic()      # for "Connected ... after N s" on recovery
+                if self._supervised:
+                    # Say so now, with the message: agent_state is pushed on tws_lost, before the supervisor
+                    # wakes up to set it.
+                    self.reconnecting = True
+                    self.status_message += "; reconnecting"
             self._emit("tws_lost", {})
         if session.established and self._kick_evt is not None:
             self._kick_evt.set()        # wake the supervisor

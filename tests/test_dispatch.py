@@ -225,6 +225,14 @@ async def test_agent_state_fields():
     assert st["ib_account"] == "DU1234567" and st["paper"] is True
 
 
+async def test_agent_state_carries_last_connected_and_reconnecting():
+    """agent_state has last_connected (the relay's ib-status reads it) and the bridge's reconnecting flag."""
+    d = make(connected=False)
+    st = agent_state(d.ctx, d)
+    assert st["last_connected"] == d.ctx.bridge.last_connected == 1700000000.0
+    assert st["reconnecting"] is True and st["ib_connected"] is False
+
+
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
                      lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
                                                                                  max_size=4), max_leaves=12)
