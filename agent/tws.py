@@ -71,6 +71,9 @@ class TwsBridge(TwsCallbacks):
         self.read_only_session: bool | None = None
         self.last_connected: float | None = None
         self.client_id: int | None = None
+        # one console line per TWS state change: when the outage began (monotonic) and what was last said of it
+        self._down_since: float | None = None
+        self._down_said: str | None = None
         # loop-side machinery
         self._session: Session | None = None
         self._requests: dict[int, _Pending] = {}
@@ -257,7 +260,7 @@ class TwsBridge(TwsCallbacks):
             try:
                 session = await self._open_with_client_ids(host, port)
             except IBDisconnected as e:
-                log.info("port %d: %s", port, e)
+                log.debug("port %d: %s", port, e)      # said once, in the summary the supervisor logs
                 problems.append(e)
                 continue
             paper = accounts_are_paper(session.accounts)
@@ -305,7 +308,9 @@ class TwsBridge(TwsCallbacks):
         self._ever_connected = True
         self.last_connected = time.time()
         self.status_message = self._connected_message() + (f" — {warning}" if warning else "")
-        log.info(self.status_message)
+        down_since, self._down_since, self._down_said = self._down_since, None, None
+        after = f" after {time.monotonic() - down_since:.0f} s" if down_since is not None else ""
+        log.info(self._connected_message() + after + (f" — {warning}" if warning else ""))
         self._evt("_connected_evt").set()
         self._emit("tws_connected", {"accounts": list(self.accounts)})
         if reconnect:
@@ -340,7 +345,7 @@ class TwsBridge(TwsCallbacks):
                 except IBDisconnected as e:
                     self.reconnecting = True
                     delay = self.backoff.next()
-                    log.info("TWS not available (%s); retrying in %.2f s", e, delay)
+                    self._log_unavailable(str(e), delay)
                     await self._sleep_or_kick(delay)
                     continue
                 self.reconnecting = False
@@ -358,7 +363,7 @@ class TwsBridge(TwsCallbacks):
                     break
                 self.reconnecting = True
                 delay = self.backoff.next()     # random first delay: many agents don't all retry at once
-                log.info("reconnecting to TWS in %.2f s", delay)
+                log.debug("reconnecting to TWS in %.1f s", delay)      # _on_lost said the loss once
                 await self._sleep_or_kick(delay)
         finally:
             self._supervised = False
@@ -366,6 +371,17 @@ class TwsBridge(TwsCallbacks):
             self.reconnecting = False
             # Cancelled (Ctrl+C): no polite cancels, TWS drops a closed client's lines itself. Be quick.
             await self._shutdown(polite=False)
+
+    def _log_unavailable(self, reason: str, delay: float) -> None:
+        """A failed connect attempt: a WARNING the first time a reason is seen in this outage, DEBUG on every
+        retry after that (TWS may be closed for hours: the trader needs the line once, not every few seconds)."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        if reason != self._down_said:
+            self._down_said = reason
+            log.warning("TWS not available (%s); retrying in %.1f s", reason, delay)
+        else:
+            log.debug("TWS still not available; retrying in %.1f s", delay)
 
     async def _health_check(self, session: Session) -> None:
         try:
