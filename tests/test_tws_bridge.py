@@ -592,4 +592,100 @@ async def test_close_disconnects_and_ends_the_thread():
         session = b._session
         await b.close()
         assert not b.connected and line.closed and b.pacer.lines_in_use == 0
-        assert session.thread is not None and not session.thread.is_alive()
+        # The thread's last act is to post "_ended" to the loop, so close() can return while the thread is still
+        # returning from its function (seen under load): join it (bounded) rather than sample is_alive().
+        assert session.thread is not None
+        await asyncio.to_thread(session.thread.join, 5.0)
+        assert not session.thread.is_alive()
+
+
+# --- what the loss looks like from outside -------------------------------------------------------
+
+class StateAtLoss(Events):
+    """Events that also note the bridge's reconnecting flag and message when tws_lost is emitted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bridge: TwsBridge | None = None
+        self.at_loss: list[tuple[bool, str]] = []
+
+    def __call__(self, name: str, data: dict) -> None:
+        if name == "tws_lost" and self.bridge is not None:
+            self.at_loss.append((self.bridge.reconnecting, self.bridge.status_message))
+        super().__call__(name, data)
+
+
+async def test_supervised_loss_says_reconnecting_in_flag_and_message_at_once():
+    """When TWS drops a supervised bridge, tws_lost already sees reconnecting=True next to '...; reconnecting'."""
+    ev = StateAtLoss()
+    async with simulator() as sim, bridge_for(sim.port, events=ev, supervised=True) as b:
+        ev.bridge = b
+        lost = asyncio.create_task(ev.next("tws_lost"))
+        await asyncio.sleep(0)
+        await sim.drop_clients()
+        await lost
+        assert ev.at_loss == [(True, f"Lost the connection to TWS on port {sim.port}; reconnecting")]
+
+
+async def test_unsupervised_loss_does_not_claim_to_reconnect():
+    """Without the supervisor nobody reconnects: the flag stays False and the message does not say so."""
+    ev = StateAtLoss()
+    async with simulator() as sim, bridge_for(sim.port, events=ev) as b:
+        ev.bridge = b
+        lost = asyncio.create_task(ev.next("tws_lost"))
+        await asyncio.sleep(0)
+        await sim.drop_clients()
+        await lost
+        assert ev.at_loss == [(False, f"Lost the connection to TWS on port {sim.port}")]
+
+
+class CountingBackoff(Backoff):
+    """Backoff that lets a test await the n-th retry."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.calls = 0
+        self.reached = asyncio.Event()
+        self.wanted = 1 << 30
+
+    def next(self) -> float:
+        self.calls += 1
+        if self.calls >= self.wanted:
+            self.reached.set()
+        return super().next()
+
+
+async def test_outage_logs_one_line_per_state_change(caplog):
+    """While TWS refuses connections, retries log at DEBUG: one loss warning, one 'not available' warning,
+    then one 'Connected ... after N s' line on recovery — however many retries there were."""
+    import logging
+    caplog.set_level(logging.DEBUG, logger="agent.tws")
+    ev = Events()
+    backoff = CountingBackoff(**FAST)
+    async with simulator() as sim:
+        b = TwsBridge(settings(sim.port), Pacer(), on_event=ev, backoff=backoff)
+        task = asyncio.create_task(b.run())
+        try:
+            await b.wait_connected(5.0)
+            caplog.clear()
+            backoff.wanted = backoff.calls + 6
+            back = asyncio.create_task(ev.next("tws_reconnected"))
+            sim.refuse_connections(60.0)
+            await asyncio.wait_for(backoff.reached.wait(), 10)
+            sim.refuse_connections(0.0)         # listen again now
+            await back
+        finally:
+            await b.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    shown = [r for r in caplog.records if r.name == "agent.tws" and r.levelno >= logging.INFO]
+    texts = [r.getMessage() for r in shown]
+    assert sum("Lost the connection" in t for t in texts) == 1, texts
+    assert sum("TWS not available" in t for t in texts) == 1, texts
+    assert "retrying in" in next(t for t in texts if "TWS not available" in t)
+    assert not any(t.startswith("port ") or t.startswith("reconnecting to TWS") for t in texts), texts
+    recovered = [t for t in texts if t.startswith("Connected to TWS") and " after " in t]
+    assert len(recovered) == 1, texts
+    retries = [r for r in caplog.records if r.levelno == logging.DEBUG and "still not available" in r.getMessage()]
+    assert len(retries) >= 3
