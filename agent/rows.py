@@ -157,10 +157,11 @@ def days_to_expiry(expiry: str, today: _dt.date) -> int:
     return (expiry_date(expiry) - today).days
 
 
-def seller_metrics(c: Contract, mid: float, spot: float, today: _dt.date) -> dict:
+def seller_metrics(c: Contract, bid: float, spot: float, today: _dt.date) -> dict:
     """What selling one contract earns and risks.
 
-    premium: mid x multiplier (per contract); otm_distance: how far out of the money as a fraction of spot
+    premium: bid x multiplier (per contract): a sell order fills at the bid, not at the mid, and a last trade
+    may be hours old; with no bid (0) there is nothing to sell into: premium 0, yield None; otm_distance: how far out of the money as a fraction of spot
     (negative = in the money); capital_at_risk: the stock for a covered call (spot x multiplier), the strike for a
     cash-secured put (strike x multiplier); time_value: the premium less the option's intrinsic value, per contract;
     annual_yield: time_value / capital x 365 / days (a same-day expiry counts as one day). Yield is None when there
@@ -174,7 +175,7 @@ def seller_metrics(c: Contract, mid: float, spot: float, today: _dt.date) -> dic
     mult = _finite(c.multiplier) if c.multiplier else None
     mult = mult if mult and mult > 0 else 100.0
     days = days_to_expiry(c.expiry, today)
-    premium = mid * mult if mid and mid > 0 else 0.0
+    premium = bid * mult if bid and bid > 0 else 0.0
     if c.right == "P":
         capital = c.strike * mult
         otm = (spot - c.strike) / spot if spot > 0 else None
@@ -191,7 +192,7 @@ def seller_metrics(c: Contract, mid: float, spot: float, today: _dt.date) -> dic
 
 def sell_row(c: Contract, q: Quote, spot: float, today: _dt.date) -> dict:
     row = chain_row(c, q)
-    row.update(seller_metrics(c, row["mid"], spot, today))
+    row.update(seller_metrics(c, row["bid"], spot, today))       # the seller receives the bid (mid stays as is)
     return row
 
 

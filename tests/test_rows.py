@@ -152,3 +152,22 @@ def test_ranking_best_yield_first_nothing_last():
     ranked = rank_for_seller(rows)
     assert [r["strike"] for r in ranked] == [205.0, 200.0, 195.0, 210.0]
     assert ranked[-1]["annual_yield"] is None
+
+
+def test_seller_premium_is_the_bid_not_the_mid():
+    """A sell fills at the bid: premium, time value and yield come from the bid; the row's mid is unchanged."""
+    today = dt.date(2026, 1, 21)
+    row = sell_row(CALL, Quote(bid=1.0, ask=3.0, last=2.5), 185.0, today)
+    assert row["mid"] == 2.0 and row["premium"] == 100.0 and row["time_value"] == 100.0
+    assert abs(row["annual_yield"] - 100.0 / 18500.0 * 365 / 30) < 1e-12
+
+
+def test_seller_row_without_a_bid_earns_nothing_and_ranks_last():
+    """No bid (IB's -1): premium 0 and yield None even with an ask and a last trade (a stale price is not income)."""
+    today = dt.date(2026, 1, 21)
+    no_bid = sell_row(Contract.option("AAPL", "20260220", 195.0, "C"), Quote(bid=-1.0, ask=2.0, last=1.5), 185.0,
+                      today)
+    assert no_bid["mid"] == 1.5 and no_bid["premium"] == 0.0 and no_bid["annual_yield"] is None
+    priced = sell_row(CALL, Quote(bid=0.05, ask=0.1), 185.0, today)
+    assert rank_for_seller([no_bid, priced]) == [priced, no_bid]
+
