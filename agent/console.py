@@ -155,7 +155,7 @@ def tws_connected(host: str, port: int | None, accounts: list[str], paper: bool 
 
 
 def tws_lost(retry_in: float | None = None) -> str:
-    tail = f", retrying in {retry_in:.0f} s" if retry_in is not None else ", retrying"
+    tail = f", retrying in {seconds(retry_in)}" if retry_in is not None else ", retrying"
     return f"TWS connection lost{tail} (is TWS/IB Gateway running and logged in?)"
 
 
@@ -164,8 +164,13 @@ def relay_connected(url: str, provider_id: str | None) -> str:
     return f"Connected to relay {url}{pid}"
 
 
+def seconds(d: float) -> str:
+    """A delay for the console: one decimal ('2.4 s'), never a misleading '0 s' for a short one."""
+    return f"{d:.1f} s" if d >= 0.1 else f"{d:.2g} s"
+
+
 def relay_lost(reason: str, retry_in: float) -> str:
-    return f"Relay connection lost ({reason}), retrying in {retry_in:.0f} s"
+    return f"Relay connection lost ({reason}), retrying in {seconds(retry_in)}"
 
 
 def served(request_type: str, ms: float) -> str:

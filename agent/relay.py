@@ -52,7 +52,11 @@ class RelayProtocolError(WebSocketException):
 
 
 class Backoff:
-    """Delays between reconnects: a random first delay, then exponential growth to a cap; reset after success."""
+    """Delays between reconnects: a random first delay, then exponential growth to a cap; reset after success.
+
+    The sequence never shrinks (a retry that waits less than the one before reads as a bug): the random first
+    delay is at most the smallest second step, and each jittered step is at least the one before it.
+    """
 
     def __init__(self, initial: float = 1.0, factor: float = 1.618, cap: float = 60.0, first: float = 3.0,
                  rng: Callable[[], float] = random.random):
@@ -61,14 +65,20 @@ class Backoff:
 
     def reset(self) -> None:
         self._n = 0
+        self._last = 0.0
 
     def next(self) -> float:
         self._n += 1
         if self._n == 1:
-            # Many agents restart together after a relay deploy: spread their first retries.
-            return self.first * self.rng()
-        base = min(self.cap, self.initial * self.factor ** (self._n - 2))
-        return base * (0.75 + 0.5 * self.rng())     # ±25 % jitter
+            # Many agents restart together after a relay deploy: spread their first retries, over at most the
+            # second step's lowest value, and not down to 0 (a tenth of it at least).
+            span = min(self.first, 0.75 * self.initial, self.cap)
+            delay = span * max(0.1, self.rng())
+        else:
+            base = self.initial * self.factor ** (self._n - 2)
+            delay = min(self.cap, base * (0.75 + 0.5 * self.rng()))     # ±25 % jitter, within the cap
+        self._last = max(self._last, delay)
+        return self._last
 
 
 def describe_fault(exc: BaseException) -> str:
@@ -194,7 +204,8 @@ class RelayClient:
             if self._session_was_up:
                 log.warning(console.relay_lost(reason, delay))
             else:
-                log.warning("Relay not reachable at %s (%s), retrying in %.0f s", self.url, reason, delay)
+                log.warning("Relay not reachable at %s (%s), retrying in %s", self.url, reason,
+                            console.seconds(delay))
             if fault is not None:
                 log.debug("relay session ended", exc_info=fault)
             await self._sleep(delay)

@@ -72,7 +72,16 @@ def test_state_sentences():
     assert line == "Connected to TWS at 127.0.0.1:7497 as DU1234567 (paper)"
     assert "LIVE" in console.tws_connected("h", 1, ["U1"], False)
     assert console.served("fetch_chain", 812.4) == "request fetch_chain served in 812 ms"
-    assert "retrying in 5 s" in console.tws_lost(5)
+    assert "retrying in 5.0 s" in console.tws_lost(5)
+
+
+def test_delays_print_one_decimal_and_never_zero():
+    """Retry delays read '2.4 s'; a short one is still shown as what it is, never as '0 s'."""
+    assert console.seconds(2.36) == "2.4 s" and console.seconds(0.1) == "0.1 s"
+    assert console.seconds(0.04) == "0.04 s"
+    assert "retrying in 0.3 s" in console.relay_lost("connection refused", 0.3)
+    for d in (0.001, 0.04, 0.3, 0.49):
+        assert not console.relay_lost("x", d).endswith("in 0 s") and "0.0 s" not in console.relay_lost("x", d)
 
 
 def test_console_one_line_and_repeats_suppressed(logs):

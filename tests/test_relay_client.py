@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from agent.relay import Backoff, RelayClient
 from agent.settings import load_settings
@@ -201,7 +202,21 @@ async def test_unreachable_relay_backs_off_with_growing_delays():
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    assert delays == [1.5, 1.0, 2.0, 4.0, 4.0, 4.0] and client.last_fault == "connection refused"
+    # the random first delay (rng 0.5 of at most 0.75 × initial) is no larger than the step after it
+    assert delays == [0.375, 1.0, 2.0, 4.0, 4.0, 4.0] and client.last_fault == "connection refused"
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(draws=st.lists(st.floats(0.0, 1.0), min_size=12, max_size=12),
+       initial=st.floats(0.01, 5.0), factor=st.floats(1.0, 3.0), cap=st.floats(0.01, 120.0),
+       first=st.floats(0.01, 10.0))
+def test_backoff_never_shrinks_never_zero_never_over_cap(draws, initial, factor, cap, first):
+    """Whatever the random draws: every delay is > 0, at most the cap, and no smaller than the one before."""
+    it = iter(draws)
+    b = Backoff(initial=initial, factor=factor, cap=cap, first=first, rng=lambda: next(it))
+    delays = [b.next() for _ in range(12)]
+    assert all(0 < d <= cap for d in delays)
+    assert all(a <= b for a, b in zip(delays, delays[1:])), delays
 
 
 async def test_push_from_another_thread(relay):
