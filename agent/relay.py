@@ -44,6 +44,10 @@ ENV_HINT = (" Note: IB_PROVIDER_KEY is set in your environment and overrides con
 # What a session may end with and still deserve a quiet retry. Anything else is a bug and propagates.
 EXPECTED = (OSError, asyncio.TimeoutError, WebSocketException, EOFError)
 
+# The network being what it is (refused, reset, DNS, TLS, HTTP status, timeout, closed): one log line each,
+# no traceback (the file log got one on every retry). Other expected faults keep their traceback at DEBUG.
+NETWORK_FAULTS = (OSError, asyncio.TimeoutError, TimeoutError, InvalidStatus, ConnectionClosed)
+
 Frame = Union[dict, Callable[[], dict]]
 
 
@@ -206,8 +210,10 @@ class RelayClient:
             else:
                 log.warning("Relay not reachable at %s (%s), retrying in %s", self.url, reason,
                             console.seconds(delay))
-            if fault is not None:
-                log.debug("relay session ended", exc_info=fault)
+            if fault is not None and not isinstance(fault, NETWORK_FAULTS):
+                log.debug("relay session ended", exc_info=fault)    # not the network: keep the traceback
+            elif fault is not None:
+                log.debug("relay session ended: %s: %s", type(fault).__name__, reason)
             await self._sleep(delay)
 
     def _auth_guidance(self, e: RelayAuthFailed) -> None:

@@ -219,6 +219,43 @@ def test_backoff_never_shrinks_never_zero_never_over_cap(draws, initial, factor,
     assert all(a <= b for a, b in zip(delays, delays[1:])), delays
 
 
+async def test_network_faults_log_one_line_without_traceback(caplog):
+    """An unreachable relay logs each retry as one line: no traceback in the file log (DEBUG) either."""
+    r = ReferenceRelay(api_key=KEY, port=0)
+    await r.start()
+    url = r.ws_url
+    await r.stop()
+    three = asyncio.Event()
+    count = 0
+
+    async def sleep(d):
+        nonlocal count
+        count += 1
+        if count >= 3:
+            three.set()
+            await asyncio.Event().wait()
+        await asyncio.sleep(0)
+    caplog.set_level(logging.DEBUG, logger="agent.relay")
+    client = RelayClient(load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": url}), Handler(), state, sleep=sleep,
+                         backoff=fast_backoff())
+    task = asyncio.create_task(client.run())
+    await asyncio.wait_for(three.wait(), 10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    ended = [rec for rec in caplog.records if "relay session ended" in rec.getMessage()]
+    assert len(ended) >= 3 and all(rec.exc_info is None for rec in ended)
+    assert "ConnectionRefusedError" in ended[0].getMessage()
+    assert all(rec.exc_info is None for rec in caplog.records if rec.name == "agent.relay")
+
+
+def test_unexpected_faults_keep_their_traceback():
+    """Only the network's own faults are quiet: a protocol violation is not one of them."""
+    from agent.relay import NETWORK_FAULTS, RelayProtocolError
+    assert isinstance(ConnectionRefusedError(), NETWORK_FAULTS) and isinstance(asyncio.TimeoutError(), NETWORK_FAULTS)
+    assert not isinstance(RelayProtocolError("bad"), NETWORK_FAULTS) and not isinstance(EOFError(), NETWORK_FAULTS)
+
+
 async def test_push_from_another_thread(relay):
     """push() from a non-loop thread (e.g. ibapi's reader) is handed to the loop and reaches the relay."""
     import threading
