@@ -18,6 +18,9 @@ from agent.types import Contract, Quote
 
 _SENTINEL = 1e300            # IB sends "no value" as DBL_MAX (>= 1e300) on the wire
 _GREEK_NOT_COMPUTED = -2.0   # optionComputation: greeks -2, iv / prices -1 mean "not computed"
+# Decimals kept in rows: prices and money to 4 (a tenth of IB's smallest tick; (30.96 + 31.00) / 2 is
+# 30.979999999999997 in binary floating point), greeks and implied volatility to 6.
+PRICE_DECIMALS, GREEK_DECIMALS = 4, 6
 
 
 def _finite(x) -> float | None:
@@ -55,17 +58,31 @@ def clean_greek(name: str, x) -> float | None:
     return v
 
 
+def _money(v: float) -> float:
+    return round(v, PRICE_DECIMALS)
+
+
 def _num(x) -> float:
     """Missing price/size -> 0, as the web app expects (it never gets -1)."""
     v = clean_price(x)
-    return 0.0 if v is None else v
+    return 0.0 if v is None else _money(v)
+
+
+def _greek(name: str, x) -> float | None:
+    v = clean_greek(name, x)
+    return None if v is None else round(v, GREEK_DECIMALS)
+
+
+def _iv(x) -> float | None:
+    v = clean_iv(x)
+    return None if v is None else round(v, GREEK_DECIMALS)
 
 
 def mid_price(bid, ask, last) -> float:
-    """(bid + ask) / 2 when both are > 0, else last (0 when there is none)."""
+    """(bid + ask) / 2 when both are > 0, else last (0 when there is none); 4 decimals."""
     b, a = clean_price(bid), clean_price(ask)
     if b is not None and a is not None and b > 0 and a > 0:
-        return (b + a) / 2
+        return _money((b + a) / 2)
     return _num(last)
 
 
@@ -92,8 +109,8 @@ def chain_row(c: Contract, q: Quote) -> dict:
         "last": _num(q.last),
         "volume": _num(volume),
         "open_interest": _num(q.open_interest),
-        "implied_vol": clean_iv(q.implied_vol),
-        "delta": clean_greek("delta", q.delta),
+        "implied_vol": _iv(q.implied_vol),
+        "delta": _greek("delta", q.delta),
         "bid_size": _num(q.bid_size),
         "ask_size": _num(q.ask_size),
     }
@@ -120,11 +137,11 @@ def price_row(c: Contract, q: Quote) -> dict | None:
         "ask": _num(q.ask),
         "mid": mid_price(q.bid, q.ask, q.last),
         "last": _num(q.last),
-        "delta": clean_greek("delta", q.delta),
-        "gamma": clean_greek("gamma", q.gamma),
-        "theta": clean_greek("theta", q.theta),
-        "vega": clean_greek("vega", q.vega),
-        "implied_vol": clean_iv(q.implied_vol),
+        "delta": _greek("delta", q.delta),
+        "gamma": _greek("gamma", q.gamma),
+        "theta": _greek("theta", q.theta),
+        "vega": _greek("vega", q.vega),
+        "implied_vol": _iv(q.implied_vol),
     }
     row.update(_extras(q))
     return row
@@ -134,13 +151,13 @@ def underlying_price(q: Quote) -> float | None:
     """The stock's price: last trade, else the bid/ask midpoint, else yesterday's close; None when IB sent none."""
     last = clean_price(q.last)
     if last is not None and last > 0:
-        return last
+        return _money(last)
     b, a = clean_price(q.bid), clean_price(q.ask)
     if b is not None and a is not None and b > 0 and a > 0:
-        return (b + a) / 2
+        return _money((b + a) / 2)
     close = clean_price(q.close)
     if close is not None and close > 0:
-        return close
+        return _money(close)
     return None
 
 
@@ -175,7 +192,7 @@ def seller_metrics(c: Contract, bid: float, spot: float, today: _dt.date) -> dic
     mult = _finite(c.multiplier) if c.multiplier else None
     mult = mult if mult and mult > 0 else 100.0
     days = days_to_expiry(c.expiry, today)
-    premium = bid * mult if bid and bid > 0 else 0.0
+    premium = _money(bid * mult) if bid and bid > 0 else 0.0
     if c.right == "P":
         capital = c.strike * mult
         otm = (spot - c.strike) / spot if spot > 0 else None
@@ -184,9 +201,9 @@ def seller_metrics(c: Contract, bid: float, spot: float, today: _dt.date) -> dic
         capital = spot * mult
         otm = (c.strike - spot) / spot if spot > 0 else None
         intrinsic = max(0.0, spot - c.strike) if spot > 0 else 0.0
-    time_value = max(0.0, premium - intrinsic * mult)
+    time_value = _money(max(0.0, premium - intrinsic * mult))
     annual = time_value / capital * 365.0 / max(days, 1) if time_value > 0 and capital > 0 else None
-    return {"premium": premium, "time_value": time_value, "otm_distance": otm, "capital_at_risk": capital,
+    return {"premium": premium, "time_value": time_value, "otm_distance": otm, "capital_at_risk": _money(capital),
             "annual_yield": annual, "days_to_expiry": days}
 
 

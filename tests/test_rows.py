@@ -171,3 +171,15 @@ def test_seller_row_without_a_bid_earns_nothing_and_ranks_last():
     priced = sell_row(CALL, Quote(bid=0.05, ask=0.1), 185.0, today)
     assert rank_for_seller([no_bid, priced]) == [priced, no_bid]
 
+
+def test_rows_carry_no_binary_float_noise():
+    """Prices, mids and money are rounded to 4 decimals, greeks and IV to 6 (0.1 + 0.2 shows as 0.3)."""
+    q = Quote(bid=0.1, ask=0.2, last=0.1 + 0.2, delta=0.123456789, gamma=0.0123456789, theta=-0.0456789123,
+              vega=0.2987654321, implied_vol=0.312345678)
+    row = chain_row(CALL, q)
+    assert (row["mid"], row["last"], row["delta"], row["implied_vol"]) == (0.15, 0.3, 0.123457, 0.312346)
+    prow = price_row(CALL, q)
+    assert (prow["mid"], prow["gamma"], prow["theta"], prow["vega"]) == (0.15, 0.012346, -0.045679, 0.298765)
+    itm = seller_metrics(CALL, 5.07, 192.33, dt.date(2026, 1, 21))     # 507 - 233 of intrinsic value
+    assert itm["premium"] == 507.0 and itm["time_value"] == 274.0
+    assert underlying_price(Quote(bid=0.1, ask=0.2)) == 0.15
