@@ -80,8 +80,14 @@ def run_agent(config_path: str | None = None) -> int:
     try:
         settings = load_settings(config_path=config_path)
     except ConfigError as e:
-        print(f"Configuration problem: {e.user_message}", file=sys.stderr)
-        if e.setting == "IB_PROVIDER_KEY":
+        problems = [e, *getattr(e, "others", ())]
+        if len(problems) == 1:
+            print(f"Configuration problem: {e.user_message}", file=sys.stderr)
+        else:
+            print(f"{len(problems)} configuration problems:", file=sys.stderr)
+            for p in problems:
+                print(f"  - {p.user_message}", file=sys.stderr)
+        if any(p.setting == "IB_PROVIDER_KEY" for p in problems):
             print("Your API key comes in the config.env file of the agent you download from the MA Tracker web "
                   "app. If you moved the agent, keep config.env in the same folder as ib_data_agent.py.",
                   file=sys.stderr)

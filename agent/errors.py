@@ -20,7 +20,12 @@ class AgentError(Exception):
 # --- configuration -----------------------------------------------------------------------------
 
 class ConfigError(AgentError):
-    """A setting is missing or wrong. Names the setting, the (redacted) value and the fix."""
+    """A setting is missing or wrong. Names the setting, the (redacted) value and the fix.
+
+    ``others``: the further bad settings found in the same load (load_settings reports them all at once).
+    """
+
+    others: tuple["ConfigError", ...] = ()
 
     def __init__(self, setting: str, value: str | None, problem: str, fix: str):
         self.setting, self.value, self.problem, self.fix = setting, value, problem, fix

@@ -283,7 +283,8 @@ def load_settings(environ: Mapping[str, str] | None = None, config_path: str | P
 
     ``environ`` defaults to ``os.environ`` (read now, never at import). ``config_path`` defaults to config.env
     beside the agent; an explicit path that does not exist is an error, the default one may be absent.
-    Raises ``ConfigError`` for the first bad setting.
+    Raises ``ConfigError`` for the first bad setting, with every other bad one in its ``others`` (a trader
+    fixing config.env should not have to restart once per mistake).
     """
     env = dict(os.environ if environ is None else environ)
     path: Path | None
@@ -307,6 +308,7 @@ def load_settings(environ: Mapping[str, str] | None = None, config_path: str | P
     values: dict[str, object] = {}
     sources: dict[str, str] = {}
     overridden: list[str] = []
+    errors: list[ConfigError] = []
     for name, field in ENV_FIELDS.items():
         # An empty environment variable counts as unset (a CI secret that is not defined expands to "").
         in_env = name in env and env[name].strip() != ""
@@ -322,12 +324,21 @@ def load_settings(environ: Mapping[str, str] | None = None, config_path: str | P
         sources[name] = src
         if src == "default" and name != "IB_PROVIDER_KEY":
             continue
-        values[field] = _parse(name, raw, src, path)
+        try:
+            values[field] = _parse(name, raw, src, path)
+        except ConfigError as e:
+            errors.append(e)
 
     max_lines = values.get("max_lines", 100)
     margin = values.get("line_margin", 10)
-    if margin >= max_lines:  # type: ignore[operator]
-        raise ConfigError("IB_LINE_MARGIN", str(margin), f"leaves no lines for the agent (IB_MAX_LINES is "
-                          f"{max_lines})", "use a margin smaller than IB_MAX_LINES, e.g. 10 of 100")
+    bad = {e.setting for e in errors}
+    # Compared only when both are valid: a bad IB_MAX_LINES must not also read as a bad margin.
+    if margin >= max_lines and not bad & {"IB_MAX_LINES", "IB_LINE_MARGIN"}:  # type: ignore[operator]
+        errors.append(ConfigError("IB_LINE_MARGIN", str(margin), f"leaves no lines for the agent (IB_MAX_LINES "
+                                  f"is {max_lines})", "use a margin smaller than IB_MAX_LINES, e.g. 10 of 100"))
+    if errors:
+        first = errors[0]
+        first.others = tuple(errors[1:])
+        raise first
     unknown = tuple(sorted(k for k in file_values if k not in ENV_FIELDS))
     return Settings(**values, sources=sources, overridden=tuple(overridden), config_path=path, unknown=unknown)

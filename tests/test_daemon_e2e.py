@@ -113,6 +113,20 @@ def test_main_bad_config_exits_2_without_traceback(monkeypatch, tmp_path, capsys
     assert "IB_PORT" in err and "74970" in err and "Traceback" not in err and KEY not in err
 
 
+def test_main_reports_every_bad_setting_one_per_line(monkeypatch, tmp_path, capsys):
+    """No key and IB_PORT=abc: exit 2, both problems printed, each on its own line, no traceback."""
+    import agent.settings as st
+    monkeypatch.setattr(st, "DEFAULT_CONFIG", tmp_path / "absent.env")
+    monkeypatch.delenv("IB_PROVIDER_KEY", raising=False)
+    monkeypatch.setenv("IB_PORT", "abc")
+    assert ib_data_agent.main([]) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert any(line.startswith("  - IB_PROVIDER_KEY") for line in lines), err
+    assert any(line.startswith("  - IB_PORT") and "'abc'" in line for line in lines), err
+    assert "2 configuration problems" in err and "fresh copy of the agent" in err and "Traceback" not in err
+
+
 def test_main_missing_key_gives_download_guidance(monkeypatch, tmp_path, capsys):
     """No config.env and no key: exit 2 with the README's download-a-fresh-copy guidance."""
     import agent.settings as st

@@ -100,6 +100,24 @@ def test_missing_config_and_key_gives_download_guidance(monkeypatch, tmp_path):
     assert "config.env was not found" in str(ei.value) and "fresh copy" in str(ei.value)
 
 
+def test_every_bad_setting_is_reported_at_once(monkeypatch, tmp_path):
+    """No key and IB_PORT=abc and LOG_LEVEL=LOUD: the key's error is raised carrying the other two in .others."""
+    import agent.settings as st
+    monkeypatch.setattr(st, "DEFAULT_CONFIG", tmp_path / "absent.env")
+    with pytest.raises(ConfigError) as ei:
+        load_settings({"IB_PORT": "abc", "LOG_LEVEL": "LOUD"})
+    assert ei.value.setting == "IB_PROVIDER_KEY"
+    assert [(e.setting, e.value) for e in ei.value.others] == [("IB_PORT", "abc"), ("LOG_LEVEL", "LOUD")]
+    assert all(e.fix for e in ei.value.others)
+
+
+def test_a_bad_max_lines_is_not_also_a_bad_margin():
+    """IB_MAX_LINES=0 is one problem, not also 'IB_LINE_MARGIN leaves no lines'."""
+    with pytest.raises(ConfigError) as ei:
+        load_settings({"IB_PROVIDER_KEY": KEY, "IB_MAX_LINES": "0"})
+    assert ei.value.setting == "IB_MAX_LINES" and ei.value.others == ()
+
+
 def test_explicit_config_path_must_exist(tmp_path):
     """--config pointing at a missing file is a ConfigError naming --config."""
     with pytest.raises(ConfigError) as ei:
