@@ -130,15 +130,16 @@ class Daemon:
             log.exception("bridge event %s could not be forwarded", name)
 
     def banner(self) -> list[str]:
-        """Start-up lines: version, where overridden settings came from, the TWS target and relay URL (no key)."""
+        """Start-up lines: version, where overridden settings came from, the TWS target and relay URL, and where
+        the key came from (none of its characters: not even a suffix belongs in a log line)."""
         s = self.settings
         ports = "/".join(str(p) for p in s.candidate_ports())
         how = "IB_PORT" if s.ib_port is not None else f"IB_MODE={s.ib_mode}"
         lines = [f"IB Data Agent {VERSION}"]
         lines += s.source_lines() if hasattr(s, "source_lines") else []
         lines.append(f"TWS/IB Gateway: {s.ib_host} port {ports} ({how}), client id {s.ib_client_id}")
-        fp = getattr(s, "key_fingerprint", "")
-        lines.append(f"Relay: {s.relay_url}" + (f" ({fp})" if fp else ""))
+        lines.append(f"Relay: {s.relay_url}")
+        lines.append(f"API key: set, from {s.key_source}")
         return lines
 
     # --- lifetime ---------------------------------------------------------------------------------

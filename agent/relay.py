@@ -35,7 +35,7 @@ from agent.settings import is_loopback
 log = logging.getLogger("agent.relay")
 _CONNECT_PARAMS = set(inspect.signature(connect.__init__).parameters)
 
-AUTH_FAILED_GUIDANCE = ("Authentication failed — the relay rejected the API key from {source}{fp} ({error}). "
+AUTH_FAILED_GUIDANCE = ("Authentication failed — the relay rejected the API key from {source} ({error}). "
                         "Your API key may have been regenerated: download a fresh copy of the agent from the "
                         "MA Tracker web app.{env_hint} Retrying in {retry:.0f} min.")
 ENV_HINT = (" Note: IB_PROVIDER_KEY is set in your environment and overrides config.env — if config.env has the "
@@ -223,10 +223,9 @@ class RelayClient:
             return
         self._guidance_shown = True
         s = self.settings
-        fp = getattr(s, "key_fingerprint", "")
         env_hint = ENV_HINT if "IB_PROVIDER_KEY" in getattr(s, "overridden", ()) else ""
-        log.error(AUTH_FAILED_GUIDANCE.format(source=s.key_source, fp=f", {fp}" if fp else "", error=e,
-                                              env_hint=env_hint, retry=retry_min))
+        # The source, never any of the key's characters (not even its last four).
+        log.error(AUTH_FAILED_GUIDANCE.format(source=s.key_source, error=e, env_hint=env_hint, retry=retry_min))
 
     async def _session(self) -> None:
         """One connection, from open to close. Returns normally when the relay closes it."""

@@ -7,7 +7,7 @@ config.env; so every setting remembers where it came from, and the daemon says s
 
 Every bad value stops the agent before it connects anywhere, as a ``ConfigError`` naming the setting,
 the value and the fix. The provider key is a ``SecretStr``: it never appears in a str, a repr, an error
-or a log line (at most its last four characters, as ``key …a1b2``).
+or a log line, not even in part; start-up says only that it is set and where it came from (``key_source``).
 """
 
 from __future__ import annotations
@@ -97,12 +97,6 @@ class Settings(BaseModel):
         if src == "environment":
             return "your environment (IB_PROVIDER_KEY)"
         return f"config.env ({self.config_path})" if self.config_path else "config.env"
-
-    @property
-    def key_fingerprint(self) -> str:
-        """'key …a1b2' for long keys (enough to tell two keys apart, useless to an attacker); '' otherwise."""
-        k = self.provider_key.get_secret_value()
-        return f"key …{k[-4:]}" if len(k) >= 16 else ""
 
     def secrets(self) -> list[str]:
         """Strings that must never be logged (for console.redact)."""

@@ -127,6 +127,15 @@ def test_main_reports_every_bad_setting_one_per_line(monkeypatch, tmp_path, caps
     assert "2 configuration problems" in err and "fresh copy of the agent" in err and "Traceback" not in err
 
 
+def test_banner_says_where_the_key_came_from_and_none_of_it(monkeypatch, tmp_path):
+    """The start-up lines name the key's source and that it is set, but not one of its characters' runs."""
+    monkeypatch.setattr("agent.daemon._load_scanner", lambda: (None, None))
+    settings = load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": "ws://127.0.0.1:9/ws"})
+    text = "\n".join(Daemon(settings, bridge_factory=DownBridge).banner())
+    assert "API key: set, from your environment (IB_PROVIDER_KEY)" in text
+    assert KEY[-4:] not in text and "…" not in text
+
+
 def test_main_missing_key_gives_download_guidance(monkeypatch, tmp_path, capsys):
     """No config.env and no key: exit 2 with the README's download-a-fresh-copy guidance."""
     import agent.settings as st

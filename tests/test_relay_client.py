@@ -124,6 +124,7 @@ async def test_bad_key_one_guidance_and_long_backoff(relay, caplog):
     assert len(guidance) == 1
     assert "your environment (IB_PROVIDER_KEY)" in guidance[0].getMessage()
     assert "fresh copy" in guidance[0].getMessage() and KEY not in caplog.text
+    assert KEY[-4:] not in caplog.text and "…" not in guidance[0].getMessage()    # not even its last characters
 
 
 async def test_reconnect_after_kick_and_relay_restart(relay):
