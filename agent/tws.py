@@ -232,7 +232,7 @@ class TwsBridge(TwsCallbacks):
                 nxt = f"trying clientId {cid + 1}" if i + 1 < CLIENT_ID_TRIES else "giving up for now"
                 self.status_message = (f"clientId {cid} is in use on port {port} (TWS error 326: another program, "
                                        f"or our previous session that TWS has not released yet) — {nxt}")
-                log.warning(self.status_message)
+                log.log(self._retry_level(), self.status_message)
                 continue
             if i:
                 log.warning("Connected with clientId %d because clientId %d was in use (TWS error 326)", cid, base)
@@ -267,7 +267,7 @@ class TwsBridge(TwsCallbacks):
             matches = paper is None or paper == (mode == "paper")
             if not matches:
                 msg = mismatch_message(port, session.accounts, mode)
-                log.warning(msg)
+                log.log(self._retry_level(), msg)
                 if not explicit:
                     mismatches.append(msg)
                     self._abandon(session)
@@ -371,6 +371,11 @@ class TwsBridge(TwsCallbacks):
             self.reconnecting = False
             # Cancelled (Ctrl+C): no polite cancels, TWS drops a closed client's lines itself. Be quick.
             await self._shutdown(polite=False)
+
+    def _retry_level(self) -> int:
+        """WARNING for a problem found on the first attempt; DEBUG on the retries of an outage that the
+        supervisor has already reported (its one 'TWS not available' line names the same problem)."""
+        return logging.DEBUG if self._down_since is not None else logging.WARNING
 
     def _log_unavailable(self, reason: str, delay: float) -> None:
         """A failed connect attempt: a WARNING the first time a reason is seen in this outage, DEBUG on every

@@ -86,7 +86,7 @@ class TwsCallbacks:
             return
         if code == ticks.CLIENT_ID_IN_USE:
             session.client_id_in_use = True
-            log.warning("TWS %d: %s", code, message)
+            log.debug("TWS %d: %s", code, message)     # the connect loop says it in words, once per clientId
             for fut in (session.accounts_fut, session.next_id_fut):
                 if not fut.done():
                     fut.set_exception(ClientIdInUse(f"clientId {session.client_id} is already in use (TWS error 326)"))

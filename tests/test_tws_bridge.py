@@ -689,3 +689,34 @@ async def test_outage_logs_one_line_per_state_change(caplog):
     assert len(recovered) == 1, texts
     retries = [r for r in caplog.records if r.levelno == logging.DEBUG and "still not available" in r.getMessage()]
     assert len(retries) >= 3
+
+
+async def test_client_ids_in_use_warn_on_the_first_attempt_only(caplog):
+    """Every clientId held: the per-clientId 326 warnings show on the first attempt, retries log them at DEBUG."""
+    import logging
+    caplog.set_level(logging.DEBUG, logger="agent.tws")
+    async with simulator() as sim:
+        holders = [TwsBridge(settings(sim.port), Pacer()) for _ in range(4)]
+        backoff = CountingBackoff(**FAST)
+        backoff.wanted = 4
+        b = TwsBridge(settings(sim.port), Pacer(), backoff=backoff)
+        task = None
+        try:
+            for h in holders:
+                await h.connect()
+            caplog.clear()
+            task = asyncio.create_task(b.run())
+            await asyncio.wait_for(backoff.reached.wait(), 20)
+        finally:
+            await b.close()
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for h in holders:
+                await h.close()
+    warned = [r.getMessage() for r in caplog.records if r.name == "agent.tws" and r.levelno >= logging.WARNING]
+    in_use = [r for r in caplog.records if "is in use on port" in r.getMessage()]
+    assert sum("is in use on port" in t for t in warned) == 4, warned        # clientIds 17..20, once
+    assert len(in_use) >= 12        # at least three more attempts, at DEBUG
+    assert sum("TWS not available" in t for t in warned) == 1, warned
