@@ -206,7 +206,7 @@ def next_weekday_in(days: int) -> str:
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path, *, log: bool = False, sim_port: int = 0):
+async def stack(tmp_path, *, log: bool = False, sim_port: int = 0, relay_options: dict | None = None):
     """TWS simulator + reference relay + the daemon with fast reconnects; yields (sim, relay, daemon, task)."""
     from sim.tws import SimConfig, TwsSimulator
     from agent.tws import TwsBridge
@@ -223,7 +223,7 @@ async def stack(tmp_path, *, log: bool = False, sim_port: int = 0):
 
     def bridge_factory(s, pacer, on_event=None):
         return TwsBridge(s, pacer, on_event=on_event, backoff=TwsBackoff(initial=0.05, factor=1.5, cap=0.2))
-    d = Daemon(settings, bridge_factory=bridge_factory, relay_options=fast_relay_options())
+    d = Daemon(settings, bridge_factory=bridge_factory, relay_options={**fast_relay_options(), **(relay_options or {})})
     task = asyncio.create_task(d.run(), name="daemon-under-test")
     try:
         await relay.wait_provider(10)
@@ -286,6 +286,21 @@ async def test_reconnect_after_tws_restart(tmp_path):
         finally:
             await stop(task)
             await sim2.stop()
+
+
+async def test_tws_loss_reaches_ib_status_at_once_and_consistent(tmp_path):
+    """With heartbeats a minute apart, TWS dropping is pushed to the relay at once: ib-status says not connected,
+    reconnecting=True next to '...; reconnecting', and when it was last connected."""
+    async with stack(tmp_path, relay_options={"heartbeat_interval": 60.0}) as (sim, relay, d, task):
+        mark = len(relay.frames)
+        await sim.drop_clients()
+        frame = await relay.wait_frame(lambda f: f["type"] == "agent_state" and not f["ib_connected"], 5, start=mark)
+        assert frame["reconnecting"] is True and frame["status_message"].endswith("; reconnecting")
+        assert isinstance(frame["last_connected"], float)
+        status, st = await http(relay, "GET", "ib-status")
+        assert status == 200 and st["last_connected"] >= frame["last_connected"]
+        # reconnected already (fast backoff), or still down: either way flag and message agree
+        assert st["reconnecting"] is (not st["connected"]) and ("reconnecting" in st["message"]) is st["reconnecting"]
 
 
 async def test_no_secret_in_log_file(tmp_path):
