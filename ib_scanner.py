@@ -49,6 +49,8 @@ SPOT_WINDOW = 4.0            # a stock quote may take longer than an option's (d
 LISTING_TIMEOUT = 4.0        # one expiry's contract list (reqContractDetails, partly specified); else keep all strikes
 LISTING_RETRY = 60.0         # ask again this long after a listing did not come
 SETTLE = 0.3                 # after quotes + greeks, how long a chain line waits for volume / open interest
+RECOVERY_WAIT = 5.0          # lines went silent while TWS was cut off from IB (1100): wait this long for 1101/1102
+RECOVERY_POLL = 0.05         # the bridge exposes data_available as a flag, not an awaitable: look this often
 
 # What a line must have before it can be cancelled early.
 NEED_QUOTES, NEED_GREEKS, NEED_STATS = 1, 2, 4
@@ -165,7 +167,9 @@ class OptionScanner:
         self._chains: dict[tuple, _Cached] = {}               # fetch_chain answers
         self._listings: dict[tuple, _Cached] = {}             # (symbol, expiry) -> strikes IB lists
         self._inflight: dict[tuple, asyncio.Future] = {}      # single-flight for the lookups above
-        self.stats = {"contracts": 0, "lines_opened": 0, "early_ends": 0, "window_ends": 0, "chain_cache_hits": 0}
+        self.stats = {"contracts": 0, "lines_opened": 0, "early_ends": 0, "window_ends": 0, "chain_cache_hits": 0,
+                      "silent_lines": 0, "retried_contracts": 0}
+        self._silent_in_outage = 0     # lines that heard nothing while the bridge said TWS had no data (1100)
 
     # --- the batched path -----------------------------------------------------------------------------
 
@@ -178,10 +182,51 @@ class OptionScanner:
         """
         unique, index = dedupe(contracts)
         needs = NEED_QUOTES | (NEED_GREEKS if need_greeks else 0) | (NEED_STATS if need_stats else 0)
-        quotes = await self._fetch_many(unique, lambda q: line_done(q, needs),
-                                        OPTION_TICKS, self.window, max_batch,
-                                        settle_pred=lambda q: line_settled(q, needs))
+
+        async def fetch(cs: Sequence[Contract]) -> list[Quote]:
+            return await self._fetch_many(cs, lambda q: line_done(q, needs), OPTION_TICKS, self.window, max_batch,
+                                          settle_pred=lambda q: line_settled(q, needs))
+
+        outages_before = self._silent_in_outage
+        quotes = await fetch(unique)
+        silent = [i for i, q in enumerate(quotes) if heard_nothing(q)]
+        # Lines that went silent while TWS was cut off from IB (1100, the nightly reset) are asked once more
+        # when TWS says data flows again (1101/1102); other silence (a farm down, TWS busy) is not retried.
+        if silent and self._silent_in_outage > outages_before and await self._data_back(RECOVERY_WAIT):
+            self.stats["retried_contracts"] += len(silent)
+            again = await fetch([unique[i] for i in silent])
+            for i, q in zip(silent, again):
+                quotes[i] = q
+            silent = [i for i in silent if heard_nothing(quotes[i])]
+        if silent:
+            why = self._silence_reason()
+            for i in silent:
+                quotes[i].error = why
         return [quotes[i] for i in index]
+
+    def _silence_reason(self) -> str:
+        """The error a row gets when TWS sent nothing for it within its window (not even "no bid")."""
+        down = self._farms_down()
+        if down:
+            cause = f"TWS reports these data farms down: {', '.join(down)}"
+        elif not getattr(self.bridge, "data_available", True):
+            cause = "TWS has lost its connection to IB's servers (nightly reset?)"
+        else:
+            cause = "TWS may be busy or reconnecting to IB"
+        return f"no data from TWS within {self.window:g} s ({cause})"
+
+    def _farms_down(self) -> list[str]:
+        return sorted(name for name, ok in (getattr(self.bridge, "farm_status", {}) or {}).items() if not ok)
+
+    async def _data_back(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the bridge says TWS has market data again (1101/1102 after 1100)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not getattr(self.bridge, "data_available", True):
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(RECOVERY_POLL)
+        return True
 
     async def get_option_data(self, contract: Contract, need_greeks: bool = True) -> Quote:
         """One contract through the same machinery (one-off use)."""
@@ -272,7 +317,12 @@ class OptionScanner:
                 if left > 0:
                     await line.wait(settle_pred, timeout=left)
             self.stats["early_ends" if ok else "window_ends"] += 1
-            return copy.copy(line.quote)
+            quote = copy.copy(line.quote)
+            if heard_nothing(quote):
+                self.stats["silent_lines"] += 1
+                if not getattr(self.bridge, "data_available", True):
+                    self._silent_in_outage += 1
+            return quote
         finally:
             # Cancel the line whatever happened (done, window over, error, request cancelled): no leaks.
             await self.bridge.close_market_data(line)
@@ -282,7 +332,7 @@ class OptionScanner:
         TWS busy or reconnecting). Say so rather than answer with rows of zeros."""
         if not quotes or not all(heard_nothing(q) for q in quotes):
             return
-        down = sorted(name for name, ok in (getattr(self.bridge, "farm_status", {}) or {}).items() if not ok)
+        down = self._farms_down()
         why = (f"TWS reports these data farms down: {', '.join(down)}" if down
                else "TWS may be busy, reconnecting to IB, or its market data farm is down")
         raise RequestTimeout(f"IB sent no quotes for any of the {len(quotes)} contracts of this {what} within "
@@ -458,7 +508,13 @@ class OptionScanner:
         data = {"ticker": p.ticker, "spotPrice": spot if spot is not None else 0.0, "expirations": sel_exps,
                 "contracts": rows, "not_listed": skipped + len(contracts) - len(rows),
                 "delayed": any(r["delayed"] for r in rows)}
-        self._chains[key] = _Cached(self._clock(), copy.deepcopy(data))
+        if any(heard_nothing(q) for q in quotes):
+            # Rows TWS said nothing about (each carries its error) are not "no market": do not serve them again
+            # for a minute; the next request asks TWS afresh.
+            log.warning("%s chain: %d of %d contracts heard nothing from TWS: answer not cached", p.ticker,
+                        sum(heard_nothing(q) for q in quotes), len(quotes))
+        else:
+            self._chains[key] = _Cached(self._clock(), copy.deepcopy(data))
         return data
 
     async def _spot_from(self, task: asyncio.Future, info: ContractInfo) -> float:
@@ -520,9 +576,11 @@ class OptionScanner:
         quotes = await self.get_option_data_batch(contracts, need_greeks=True, max_batch=p.max_batch_size)
         self._require_some_data("price refresh", quotes)
         rows = [price_row(c, q) for c, q in zip(contracts, quotes)]
+        # A leg that failed (IB error) or that TWS said nothing about within its window is null with its reason.
         errors = [{"index": i, "contract": c.describe(), "error": q.error or f"IB error {q.error_code}",
                    "code": q.error_code}
-                  for i, (c, q) in enumerate(zip(contracts, quotes)) if q.error_code is not None and not q.has_price]
+                  for i, (c, q) in enumerate(zip(contracts, quotes))
+                  if (q.error_code is not None and not q.has_price) or heard_nothing(q)]
         data: dict = {"success": True, "contracts": rows}
         if errors:
             data["errors"] = errors

@@ -10,6 +10,7 @@ import pytest
 
 from agent.errors import IBDisconnected
 from agent.pacer import Pacer
+from agent.protocol import FetchPricesPayload
 from agent.types import Contract, Quote
 import ib_scanner
 from ib_scanner import (NEED_GREEKS, NEED_QUOTES, NEED_STATS, OptionScanner, line_done, new_york_today,
@@ -278,3 +279,57 @@ def test_today_without_a_time_zone_database_uses_new_yorks_standard_offset(monke
     monkeypatch.setattr(ib_scanner, "ZoneInfo", no_database)
     at_0430_utc = dt.datetime(2026, 1, 10, 4, 30, tzinfo=dt.timezone.utc)      # 23:30 on the 9th at UTC-5
     assert new_york_today(lambda tz: at_0430_utc.astimezone(tz)) == dt.date(2026, 1, 9)
+
+
+async def test_silent_leg_is_null_with_its_reason_in_fetch_prices_errors():
+    """A leg TWS said nothing about in its window is null, and errors names it (the others are priced)."""
+    pacer, bridge, scanner = make(script={opt(105).key: None}, window=0.05)
+    bridge.farm_status = {"usopt": False}
+    legs = [dict(ticker="AAPL", strike=k, expiry="20300118", right="C") for k in (100.0, 105.0)]
+    data = await asyncio.wait_for(scanner.fetch_prices(FetchPricesPayload(contracts=legs)), 10)
+    assert data["contracts"][0] is not None and data["contracts"][1] is None
+    assert [e["index"] for e in data["errors"]] == [1]
+    assert "no data from TWS within 0.05 s" in data["errors"][0]["error"] and "usopt" in data["errors"][0]["error"]
+
+
+class ResetBridge(FakeBridge):
+    """TWS cut off from IB (1100): lines opened meanwhile stay silent; data returns (1101) once one of them closes,
+    unless ``comes_back`` is False."""
+
+    def __init__(self, pacer: Pacer, comes_back: bool = True):
+        self.data_available, self.farm_status, self.comes_back = False, {}, comes_back
+        super().__init__(pacer, None, FULL)
+
+    @property
+    def default(self) -> dict | None:        # what a line opened now hears: nothing during the outage
+        return FULL if self.data_available else None
+
+    @default.setter
+    def default(self, value) -> None:
+        pass
+
+    async def close_market_data(self, line: FakeLine) -> None:
+        await super().close_market_data(line)
+        if self.comes_back:
+            self.data_available = True
+
+
+async def test_lines_silent_during_an_outage_are_asked_again_when_data_returns():
+    """Contracts silent while TWS was cut off from IB are fetched once more after 1101 and come back priced."""
+    pacer = Pacer(rate=1000.0, max_lines=100, line_margin=0)
+    bridge = ResetBridge(pacer)
+    scanner = OptionScanner(bridge, pacer, window=0.05)
+    quotes = await asyncio.wait_for(scanner.get_option_data_batch([opt(100), opt(105)], need_greeks=True), 10)
+    assert [q.bid for q in quotes] == [1.0, 1.0] and all(q.error is None for q in quotes)
+    assert len(bridge.opened) == 4 and scanner.stats["retried_contracts"] == 2 and pacer.lines_in_use == 0
+
+
+async def test_outage_that_outlasts_the_wait_leaves_rows_with_their_reason(monkeypatch):
+    """Data not back within the recovery wait: no retry, each row says TWS lost its connection to IB."""
+    monkeypatch.setattr(ib_scanner, "RECOVERY_WAIT", 0.05)
+    pacer = Pacer(rate=1000.0, max_lines=100, line_margin=0)
+    bridge = ResetBridge(pacer, comes_back=False)
+    scanner = OptionScanner(bridge, pacer, window=0.05)
+    quotes = await asyncio.wait_for(scanner.get_option_data_batch([opt(100), opt(105)], need_greeks=True), 10)
+    assert len(bridge.opened) == 2 and scanner.stats["retried_contracts"] == 0
+    assert all(q.bid is None and "lost its connection to IB" in q.error for q in quotes)

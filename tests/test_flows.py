@@ -296,3 +296,51 @@ async def test_sell_scan_with_no_expiry_in_the_window_says_how_to_widen_it():
         with pytest.raises(InvalidRequest, match="raise business_days") as e:
             await scanner.sell_scan(SellScanPayload(ticker="JNPR", right="C", business_days=0))
         assert sim.market.expirations("JNPR")[0] in str(e.value)      # names the next expiry
+
+
+async def test_quotes_lost_to_the_nightly_reset_are_asked_again_after_1101():
+    """Legs asked during IB's nightly reset (1100) hear nothing; after 1101 they are asked once more and priced."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        scanner.window = 0.3
+        exp = sim.market.expirations("AAPL")[1]
+        legs = [dict(ticker="AAPL", strike=k, expiry=exp, right="C") for k in (225.0, 230.0)]
+        reset = asyncio.ensure_future(sim.nightly_reset(data_lost=True, outage=1.0))
+        try:
+            await sim_caught_up(bridge)          # the 1100 has arrived before this answer
+            assert bridge.data_available is False
+            data = await scanner.fetch_prices(FetchPricesPayload(contracts=legs))
+        finally:
+            await reset
+        assert "errors" not in data and scanner.stats["retried_contracts"] == 2
+        for row in data["contracts"]:
+            assert_row_matches_sim(sim, row, chain=False)
+
+
+async def test_chain_with_silent_contracts_marks_them_and_is_not_cached():
+    """A farm lost mid-chain: rows TWS said nothing about carry the reason, and the answer is not cached."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        scanner.window = 0.3
+        close = sim.market.today + dt.timedelta(days=30)
+        p = FetchChainPayload(ticker="AAPL", dealPrice=230.0, expectedCloseDate=close)
+        real_close = bridge.close_market_data
+
+        async def farm_lost_after_first_quote(line):
+            # The first option line to close early has its quote; every line asked after this hears nothing.
+            if sim.farms.get("usfarm", True) and line.contract.sec_type == "OPT" and line.quote.has_price:
+                await sim.set_farm("usfarm", up=False)
+            await real_close(line)
+
+        bridge.close_market_data = farm_lost_after_first_quote
+        data = await scanner.fetch_chain(p)
+        bridge.close_market_data = real_close
+        silent = [r for r in data["contracts"] if r["bid"] == 0 and r["ask"] == 0 and r["last"] == 0]
+        priced = [r for r in data["contracts"] if r["bid"] > 0 or r["ask"] > 0]
+        assert silent and priced
+        assert all("no data from TWS within 0.3 s" in r["error"] and "usfarm" in r["error"] for r in silent)
+        assert all("error" not in r for r in priced)
+        await sim.set_farm("usfarm", up=True)
+        await sim_caught_up(bridge)
+        sent = sim.stats()["messages_received"]
+        again = await scanner.fetch_chain(p)
+        assert sim.stats()["messages_received"] > sent and scanner.stats["chain_cache_hits"] == 0
+        assert all("error" not in r for r in again["contracts"])
