@@ -137,12 +137,8 @@ def format_report(results: Sequence[CheckResult]) -> str:
     lines = []
     for r in results:
         lines.append(f" {MARK[r.status]} {r.number}. {r.title}")
-        if r.detail:
-            lines.append(f"      {r.detail}")
-        if r.note:
-            lines.append(f"      note: {r.note}")
-        if r.fix and r.status != OK:
-            lines.append(f"      fix: {r.fix}")
+        for label, text in (("", r.detail), ("note: ", r.note), ("fix: ", r.fix if r.status != OK else "")):
+            lines.extend(f"      {label}{line}" for line in text.splitlines())
     lines.append("")
     lines.append(summary_line(results))
     return "\n".join(lines)
@@ -697,9 +693,10 @@ async def run_checks(environ: dict | None = None, config_path: Any = None, *,
         try:
             settings = load_settings(environ=environ, config_path=config_path)
         except ConfigError as exc:
-            shown = "" if exc.value is None else f" (got {exc.value!r})"
-            r1.status, r1.detail = FAIL, f"{exc.setting}{shown}: {exc.problem}"
-            r1.fix = exc.fix
+            problems = [exc, *getattr(exc, "others", ())]
+            r1.status = FAIL
+            r1.detail = "\n".join(_config_problem(e) for e in problems)
+            r1.fix = "\n".join(e.fix for e in problems if e.fix)
             # A missing or wrong key is the commonest first-run problem, and TWS can be checked without it.
             without_key = _settings_without_key(exc, environ, config_path)
             if without_key is None:
@@ -720,13 +717,18 @@ async def run_checks(environ: dict | None = None, config_path: Any = None, *,
     return [r1, *tws, relay]
 
 
+def _config_problem(exc: ConfigError) -> str:
+    shown = "" if exc.value is None else f" (got {exc.value!r})"
+    return f"{exc.setting}{shown}: {exc.problem}"
+
+
 NO_KEY = "doctor-checks-tws-without-a-key"     # stands in for a missing key so the TWS steps can still run
 
 
 def _settings_without_key(exc: ConfigError, environ: dict | None, config_path: Any) -> Any:
     """Settings with a stand-in key when the key was the only problem; None otherwise. Never sent anywhere:
     the relay step is skipped."""
-    if exc.setting != "IB_PROVIDER_KEY":
+    if exc.setting != "IB_PROVIDER_KEY" or getattr(exc, "others", ()):
         return None
     import os
 

@@ -106,6 +106,20 @@ async def test_bad_config_is_reported_and_nothing_else_runs(tmp_path):
     assert [r.status for r in results[1:]] == [SKIP] * 6
 
 
+async def test_every_bad_setting_is_listed_with_its_fix(tmp_path):
+    """Two bad settings (no key, a port that is not a number): step 1 names both, each with a fix line, and the
+    TWS steps are not run with a stand-in key (the key is not the only problem)."""
+    path = write_config(tmp_path, IB_PORT="notaport", IB_MODE="demo")
+    results = await doctor.run_checks(environ={}, config_path=path, timeouts=FAST, usual_ports=())
+    r1 = results[0]
+    assert r1.status == FAIL
+    assert "IB_PROVIDER_KEY" in r1.detail and "IB_PORT" in r1.detail and "IB_MODE" in r1.detail
+    assert len(r1.fix.splitlines()) == 3
+    text = doctor.format_report(results)
+    assert text.count("      fix: ") == 3
+    assert [r.status for r in results[1:]] == [SKIP] * 6
+
+
 async def test_api_port_closed_reports_nothing_listening(tmp_path, relay):
     """Nothing on IB_PORT: step 2 fails saying so, and suggests the usual port that does answer."""
     dead = closed_port()
