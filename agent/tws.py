@@ -26,6 +26,24 @@ from agent.tws_lines import MarketDataLine
 from agent.tws_wrapper import Session, to_ib_contract
 from agent.types import AccountPosition, Contract, ContractInfo, OptionParams
 
+
+async def _within(timeout: float, *futs: asyncio.Future) -> Any:
+    """The first future's result once every one of ``futs`` is done (or the first exception among them);
+    ``asyncio.TimeoutError`` when they are not done within ``timeout``. The futures are not cancelled (they are
+    shared with the session).
+
+    asyncio.wait, not wait_for(shield(...)): on Python <= 3.11 wait_for returns the result when it and a
+    cancellation land in the same loop iteration, swallowing the cancellation of a request being torn down.
+    """
+    done, pending = await asyncio.wait(set(futs), timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+    for f in futs:
+        if f in done and not f.cancelled() and f.exception() is not None:
+            raise f.exception()
+    if pending:
+        raise asyncio.TimeoutError
+    return futs[0].result()
+
+
 __all__ = ["Backoff", "MarketDataLine", "TwsBridge", "accounts_are_paper", "mismatch_message"]
 
 log = logging.getLogger("agent.tws")
@@ -184,7 +202,7 @@ class TwsBridge(TwsCallbacks):
         session.start()
         try:
             try:
-                ok = await asyncio.wait_for(asyncio.shield(session.handshake), timeout)
+                ok = await _within(timeout, session.handshake)
             except asyncio.TimeoutError:
                 raise HandshakeTimeout(
                     f"Port {port} on {host} accepted the connection but never completed IB's API handshake within "
@@ -194,8 +212,7 @@ class TwsBridge(TwsCallbacks):
                 raise IBDisconnected(f"Could not connect to TWS at {host}:{port} (connection refused or closed) — "
                                      f"is TWS/IB Gateway running with the API enabled on that port?")
             try:
-                await asyncio.wait_for(asyncio.gather(asyncio.shield(session.accounts_fut),
-                                                      asyncio.shield(session.next_id_fut)), timeout)
+                await _within(timeout, session.accounts_fut, session.next_id_fut)
             except asyncio.TimeoutError:
                 raise HandshakeTimeout(f"TWS on port {port} completed the handshake but did not send the account list "
                                        f"and next order id within {timeout:g} s") from None
@@ -499,7 +516,7 @@ class TwsBridge(TwsCallbacks):
                 fut.result()        # failed while waiting for the token (connection lost): raise that
             send(session, key)
             try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout)
+                return await _within(timeout, fut)
             except asyncio.TimeoutError:
                 raise RequestTimeout(f"TWS did not answer the {what} within {timeout:g} s") from None
         finally:

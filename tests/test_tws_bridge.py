@@ -720,3 +720,35 @@ async def test_client_ids_in_use_warn_on_the_first_attempt_only(caplog):
     assert sum("is in use on port" in t for t in warned) == 4, warned        # clientIds 17..20, once
     assert len(in_use) >= 12        # at least three more attempts, at DEBUG
     assert sum("TWS not available" in t for t in warned) == 1, warned
+
+
+# --- _within: the bridge's bounded wait on shared futures ---------------------------------------
+
+async def test_within_keeps_a_cancellation_that_lands_with_the_answer():
+    """The answer and a cancellation of the waiting request in the same loop iteration: the request is cancelled
+    (wait_for(shield(...)) returned the answer on Python <= 3.11, so a torn-down request carried on)."""
+    from agent.tws import _within
+    fut = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(_within(5.0, fut))
+    await asyncio.sleep(0)
+    fut.set_result("answer")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert fut.result() == "answer"          # the shared future itself is untouched
+
+
+async def test_within_times_out_raises_the_first_error_and_never_cancels_the_futures():
+    from agent.tws import _within
+    loop = asyncio.get_running_loop()
+    a, b = loop.create_future(), loop.create_future()
+    with pytest.raises(asyncio.TimeoutError):
+        await _within(0.01, a, b)
+    assert not a.cancelled() and not b.cancelled()
+    loop.call_soon(b.set_exception, IBDisconnected("gone"))
+    with pytest.raises(IBDisconnected):
+        await _within(5.0, a, b)                 # b's error ends the wait although a never completes
+    a.set_result(1)
+    c = loop.create_future()
+    c.set_result(2)
+    assert await _within(5.0, a, c) == 1
