@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,22 +11,12 @@ from agent import doctor
 from agent.doctor import FAIL, OK, SKIP, Timeouts
 from sim.relay import ReferenceRelay
 
+from ports import closed_port
+
 KEY = "doctor-test-key-0123456789"
 FAST = Timeouts(tcp=1.0, handshake=0.5, start_api=2.0, what_if=2.0, quote=2.0, relay=3.0)
 
 
-def closed_port() -> int:
-    """A loopback port that nothing listens on. The socket stays bound (not listening) until the process exits:
-    a released port could meanwhile become a parallel run's server, or the kernel's pick for a client's own source
-    port (a TCP self-connect then looks like a listener). Bound and not listening, it refuses connections."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    _HELD_PORTS.append(s)
-    return s.getsockname()[1]
-
-
-_HELD_PORTS: list[socket.socket] = []
-atexit.register(lambda: [s.close() for s in _HELD_PORTS])
 
 
 def write_config(tmp_path: Path, **values: object) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import socket
 
@@ -15,6 +14,8 @@ from agent.settings import Settings
 from agent.tws import Backoff, TwsBridge
 from agent.types import Contract
 from sim.tws import SimConfig, TwsSimulator
+
+from ports import closed_port
 
 FAST = dict(initial=0.01, factor=2.0, cap=0.05)
 
@@ -78,18 +79,6 @@ async def bridge_for(port: int | None, *, pacer: Pacer | None = None, events: Ev
                 await task
 
 
-def closed_port() -> int:
-    """A loopback port that nothing listens on. The socket stays bound (not listening) until the process exits:
-    a released port could meanwhile become a parallel run's server, or the kernel's pick for a client's own source
-    port (a TCP self-connect then looks like a listener). Bound and not listening, it refuses connections."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    _HELD_PORTS.append(s)
-    return s.getsockname()[1]
-
-
-_HELD_PORTS: list[socket.socket] = []
-atexit.register(lambda: [s.close() for s in _HELD_PORTS])
 
 
 AAPL = Contract.stock("AAPL")
