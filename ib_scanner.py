@@ -131,6 +131,15 @@ def heard_nothing(q: Quote) -> bool:
             and q.ask_size is None and q.close is None)
 
 
+CHECK_FARMS = "; check TWS's market data farms and your subscriptions, then retry"
+
+
+def _no_price(symbol: str, q: Quote, when: str, advice: str) -> RequestTimeout:
+    """The error for a stock IB sent no price for: the symbol, IB's own error if it gave one, then ``advice``."""
+    why = f" (IB error {q.error_code}: {q.error})" if q.error_code is not None else ""
+    return RequestTimeout(f"IB sent no price for {symbol}{when}{why}{advice}")
+
+
 async def _settle_all(tasks: list[asyncio.Task]) -> None:
     """Cancel what is still running and wait for every task's ``finally`` (where lines are cancelled)."""
     for t in tasks:
@@ -158,6 +167,7 @@ class OptionScanner:
         self.pacer = pacer
         self.chunk_size = max(1, min(50, int(chunk_size)))
         self.window = window
+        self.spot_window = SPOT_WINDOW
         self.settle = settle
         self.msg_rate = float(msg_rate or getattr(pacer, "rate", 45.0) or 45.0)
         self._clock = clock
@@ -348,9 +358,9 @@ class OptionScanner:
         # line is still ours to give back.
         self.pacer.release_lines(1)
 
-    async def _quote_stock(self, contract: Contract, window: float = SPOT_WINDOW) -> Quote:
+    async def _quote_stock(self, contract: Contract) -> Quote:
         # Once there is a price, give the rest of TWS's first burst (close, volume) a moment to land.
-        return (await self._fetch_many([contract], stock_done, STOCK_TICKS, window, None,
+        return (await self._fetch_many([contract], stock_done, STOCK_TICKS, self.spot_window, None,
                                        settle_pred=lambda q: q.close is not None and q.volume is not None))[0]
 
     # --- cached lookups ---------------------------------------------------------------------------------
@@ -452,9 +462,7 @@ class OptionScanner:
     async def _require_spot(self, info: ContractInfo) -> float:
         spot, q = await self.spot_price(info)
         if spot is None:
-            why = f" (IB error {q.error_code}: {q.error})" if q.error_code is not None else ""
-            raise RequestTimeout(f"IB sent no price for {info.contract.symbol} within {SPOT_WINDOW:g} s{why}; "
-                                 f"check TWS's market data farms and your subscriptions, then retry")
+            raise _no_price(info.contract.symbol, q, f" within {self.spot_window:g} s", CHECK_FARMS)
         return spot
 
     # --- flows --------------------------------------------------------------------------------------------
@@ -520,9 +528,8 @@ class OptionScanner:
     async def _spot_from(self, task: asyncio.Future, info: ContractInfo) -> float:
         spot, q = await asyncio.shield(task)
         if spot is None:
-            why = f" (IB error {q.error_code}: {q.error})" if q.error_code is not None else ""
-            raise RequestTimeout(f"IB sent no price for {info.contract.symbol}{why}, and no dealPrice was given "
-                                 f"to centre the chain on; send a dealPrice or retry")
+            raise _no_price(info.contract.symbol, q, "",
+                            ", and no dealPrice was given to centre the chain on; send a dealPrice or retry")
         return spot
 
     async def sell_scan(self, p: SellScanPayload) -> dict:
@@ -598,8 +605,7 @@ class OptionScanner:
         if underlying_price(q) is None:
             if q.error_code is not None:
                 raise IBError(q.error_code, 0, q.error or "no market data")
-            raise RequestTimeout(f"IB sent no price for {p.ticker} within {SPOT_WINDOW:g} s; check TWS's market "
-                                 f"data farms and your subscriptions, then retry")
+            raise _no_price(p.ticker, q, f" within {self.spot_window:g} s", CHECK_FARMS)
         return underlying_row(p.ticker, q)
 
     async def check_availability(self, p: TickerPayload) -> dict:

@@ -290,6 +290,23 @@ async def test_no_quotes_at_all_is_an_error_not_rows_of_zeros():
         assert all(r is not None for r in data["contracts"])
 
 
+async def test_no_stock_price_names_the_symbol_and_what_to_check():
+    """With the farm down the stock never prices: sell_scan and the underlying quote say so with the window and the
+    farm advice; a chain with no dealPrice to centre on asks for one."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        scanner.spot_window = 0.3
+        await sim.set_farm("usfarm", up=False)
+        await sim_caught_up(bridge)
+        with pytest.raises(RequestTimeout, match=r"IB sent no price for AAPL within 0.3 s; check TWS's market data"):
+            await scanner.sell_scan(SellScanPayload(ticker="AAPL", right="C"))
+        with pytest.raises(RequestTimeout, match=r"IB sent no price for AAPL within 0.3 s; check TWS's market data"):
+            await scanner.fetch_underlying(FetchUnderlyingPayload(ticker="AAPL"))
+        close = sim.market.today + dt.timedelta(days=30)
+        with pytest.raises(RequestTimeout, match=r"IB sent no price for AAPL, and no dealPrice was given"):
+            await scanner.fetch_chain(FetchChainPayload(ticker="AAPL", dealPrice=0, expectedCloseDate=close))
+        assert sim.stats()["active_lines"] == 0
+
+
 async def test_sell_scan_with_no_expiry_in_the_window_says_how_to_widen_it():
     """JNPR lists monthlies only: a 0-day sell scan finds no expiry and says to raise business_days."""
     async with stack() as (sim, bridge, pacer, scanner):
