@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -17,6 +16,8 @@ from sim.tws import SimConfig, TwsSimulator
 from sim.tws.probe import Probe, ProbeTimeout, stock
 from sim.tws.wire import FrameBuffer, encode, frame, split_fields
 
+from sim_probe import connect, connected, is_tick, run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,18 +27,6 @@ async def sim():
     await s.start()
     yield s
     await s.stop()
-
-
-async def connect(sim: TwsSimulator, client_id: int = 1) -> Probe:
-    return await asyncio.to_thread(Probe(sim.port, client_id).connect)
-
-
-def run(fn, *args, **kw):
-    return asyncio.to_thread(fn, *args, **kw)
-
-
-def is_tick(req_id: int, tick_type: int):
-    return lambda e: e[0] == req_id and e[1] == tick_type
 
 
 async def test_drop_clients_closes_every_connection(sim):
@@ -74,8 +63,7 @@ async def test_refuse_connections_then_listen_again_on_the_same_port(sim):
 
 async def test_nightly_reset_with_data_lost_drops_lines(sim):
     """1100 then 1101: every market data line is gone and must be re-requested."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(1, stock("SPY"), "", False, False, [])
         await run(p.wait, "tickPrice", is_tick(1, 1))
         await sim.nightly_reset(data_lost=True, outage=0.05)
@@ -85,14 +73,11 @@ async def test_nightly_reset_with_data_lost_drops_lines(sim):
         p.client.reqMktData(1, stock("SPY"), "", False, False, [])      # the same id is free again
         p.drain()
         await run(p.wait, "tickPrice", is_tick(1, 1))
-    finally:
-        p.disconnect()
 
 
 async def test_nightly_reset_with_data_kept_resumes_feeds(sim):
     """1100 then 1102: lines stay and quotes resume after the outage; none arrive during it."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(1, stock("SPY"), "", False, False, [])
         await run(p.wait, "tickPrice", is_tick(1, 1))
         await sim.nightly_reset(data_lost=False, outage=0.2)
@@ -104,14 +89,11 @@ async def test_nightly_reset_with_data_kept_resumes_feeds(sim):
         names = [(e.name, e.args[1] if e.name == "error" else None) for e in p.history]
         lost, back = names.index(("error", 1100)), names.index(("error", 1102))
         assert not [n for n in names[lost:back] if n[0] in ("tickPrice", "tickSize")]
-    finally:
-        p.disconnect()
 
 
 async def test_data_farm_down_and_up(sim):
     """2103 'Market data farm connection is broken:usfarm' pauses quotes; 2104 brings them back."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(1, stock("SPY"), "", False, False, [])
         await run(p.wait, "tickPrice", is_tick(1, 1))
         await sim.set_farm("usfarm", up=False)
@@ -123,14 +105,11 @@ async def test_data_farm_down_and_up(sim):
         idx_up = max(i for i, e in enumerate(p.history) if e.name == "error" and e[1] == 2104)
         assert not [e for e in p.history[idx_down:idx_up] if e.name in ("tickPrice", "tickSize")]
         await run(p.wait, "tickSize", lambda e: e[0] == 1 and p.history.index(e) > idx_up)
-    finally:
-        p.disconnect()
 
 
 async def test_stall_delays_answers_while_streams_go_on(sim):
     """During a stall a request is answered only later; quotes keep streaming meanwhile."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(1, stock("SPY"), "", False, False, [])
         await run(p.wait, "tickPrice", is_tick(1, 1))
         sim.stall(0.5)
@@ -140,32 +119,24 @@ async def test_stall_delays_answers_while_streams_go_on(sim):
         before = p.history[:p.history.index(answer)]
         last_tick_before = [e for e in before if e.name in ("tickPrice", "tickSize")]
         assert len(last_tick_before) >= 3           # ticks kept coming while the request waited
-    finally:
-        p.disconnect()
 
 
 async def test_short_malformed_message_is_dropped_and_session_survives(sim):
     """A message with a wrong field count is dropped by ibapi; the session still answers."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         await sim.send_malformed(client_id=1, kind="short")
         p.client.reqCurrentTime()
         await run(p.wait, "currentTime")
         assert p.count("tickSize", lambda e: e[0] == 999_999) == 0
         assert p.client.isConnected()
-    finally:
-        p.disconnect()
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_garbage_message_ends_the_ibapi_reader(sim):
     """Text where numbers belong kills ibapi 9.81's reader loop: the client sees its connection closed."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         await sim.send_malformed(client_id=1, kind="garbage")
         await run(p.wait, "connectionClosed")
-    finally:
-        p.disconnect()
 
 
 async def test_silent_handshake_never_answers(sim):

@@ -11,6 +11,8 @@ from ibapi.order import Order
 from sim.tws import SimConfig, TwsSimulator
 from sim.tws.probe import Probe, ProbeTimeout, option, stock
 
+from sim_probe import connect, connected, is_tick, run
+
 
 @pytest.fixture
 async def make_sim():
@@ -33,14 +35,6 @@ async def sim(make_sim):
     return await make_sim()
 
 
-async def connect(sim: TwsSimulator, client_id: int = 1) -> Probe:
-    return await asyncio.to_thread(Probe(sim.port, client_id).connect)
-
-
-def run(fn, *args, **kw):
-    return asyncio.to_thread(fn, *args, **kw)
-
-
 def order(action: str, qty: float, order_type: str = "MKT", lmt: float | None = None, ref: str = "",
           what_if: bool = False) -> Order:
     o = Order()
@@ -50,17 +44,12 @@ def order(action: str, qty: float, order_type: str = "MKT", lmt: float | None = 
     return o
 
 
-def is_tick(req_id: int, tick_type: int):
-    return lambda e: e[0] == req_id and e[1] == tick_type
-
-
 # ---- handshake --------------------------------------------------------------------------------------------
 
 async def test_handshake_greets_with_accounts_next_id_and_farm_status(make_sim):
     """After startApi: managedAccounts, nextValidId, then farm OK messages 2104/2106/2158 with id -1."""
     sim = await make_sim(accounts=("DU111", "DU222"))
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         assert p.client.serverVersion() == 157
         assert (await run(p.wait, "managedAccounts"))[0] == "DU111,DU222"
         codes = set()
@@ -70,18 +59,13 @@ async def test_handshake_greets_with_accounts_next_id_and_farm_status(make_sim):
             codes.add(ev[1])
         assert codes == {2104, 2106, 2158}
         assert sim.stats()["clients"] == [1]
-    finally:
-        p.disconnect()
 
 
 async def test_live_accounts_are_reported(make_sim):
     """A live setup reports its U... accounts in managedAccounts."""
     sim = await make_sim(accounts=("U1234567",))
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         assert (await run(p.wait, "managedAccounts"))[0] == "U1234567"
-    finally:
-        p.disconnect()
 
 
 async def test_client_id_in_use_gets_326_and_is_disconnected(sim):
@@ -103,8 +87,7 @@ async def test_client_id_in_use_gets_326_and_is_disconnected(sim):
 
 async def test_stock_stream_quotes_and_generic_ticks(sim):
     """SPY streams bid < ask near the model, close, last timestamp, halted, generic ticks 27-30/23/24; cancel frees it."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(1, stock("SPY"), "100,101,104,106", False, False, [])
         bid = (await run(p.wait, "tickPrice", is_tick(1, 1)))[2]
         ask = (await run(p.wait, "tickPrice", is_tick(1, 2)))[2]
@@ -125,15 +108,12 @@ async def test_stock_stream_quotes_and_generic_ticks(sim):
         p.client.reqCurrentTime()
         await run(p.wait, "currentTime")
         assert sim.stats()["active_lines"] == 0
-    finally:
-        p.disconnect()
 
 
 async def test_option_stream_sends_greeks_after_first_quote(sim):
     """An option line: first quote, then tick 21 computations; call delta in (0,1), put in (-1,0), IV near model."""
     exp = sim.market.expirations("AAPL")[2]
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(2, option("AAPL", exp, 232.5, "C"), "", False, False, [])
         p.client.reqMktData(3, option("AAPL", exp, 232.5, "P"), "101", False, False, [])
         model_c = await run(p.wait, "tickOptionComputation", is_tick(2, 13))
@@ -150,93 +130,71 @@ async def test_option_stream_sends_greeks_after_first_quote(sim):
         assert oi[2] > 0
         bid_comp = await run(p.wait, "tickOptionComputation", is_tick(2, 10))
         assert bid_comp[3] is not None and abs(bid_comp[3] - q.iv) < 0.05
-    finally:
-        p.disconnect()
 
 
 async def test_quotes_move_over_time(sim):
     """The SPY last price changes while the line streams (the seeded walk moves)."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(1, stock("SPY"), "", False, False, [])
         first = (await run(p.wait, "tickPrice", is_tick(1, 4)))[2]
         changed = await run(p.wait, "tickPrice", lambda e: e[0] == 1 and e[1] == 4 and e[2] != first, 10.0)
         assert changed[2] != first
-    finally:
-        p.disconnect()
 
 
 async def test_illiquid_option_sends_no_bid_no_ask(sim):
     """A far OTM, far-dated option quotes bid/ask -1 with size 0 (IB's "no bid"/"no ask")."""
     far = sim.market.expirations("SPY")[-1]
     k = max(sim.market.strikes("SPY", far))
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(4, option("SPY", far, k, "C"), "", False, False, [])
         bid = await run(p.wait, "tickPrice", is_tick(4, 1))
         size = await run(p.wait, "tickSize", is_tick(4, 0))
         assert bid[2] == -1 and size[2] == 0
-    finally:
-        p.disconnect()
 
 
 async def test_snapshot_ends_with_tick_snapshot_end_and_frees_its_line(sim):
     """snapshot=True: quotes then tickSnapshotEnd; the line is gone afterwards."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(7, stock("MSFT"), "", True, False, [])
         await run(p.wait, "tickPrice", is_tick(7, 1))
         await run(p.wait, "tickSnapshotEnd", lambda e: e[0] == 7)
         assert sim.stats()["active_lines"] == 0
-    finally:
-        p.disconnect()
 
 
 async def test_snapshot_with_generic_ticks_is_error_321(sim):
     """A snapshot asking for generic ticks is refused with 321 and takes no line."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(8, stock("MSFT"), "101", True, False, [])
         ev = await run(p.error_for, 8)
         assert ev[1] == 321 and "generic" in ev[2]
         assert sim.stats()["active_lines"] == 0
-    finally:
-        p.disconnect()
 
 
 async def test_unknown_or_ambiguous_contract_is_error_200(sim):
     """An unknown symbol, an off-grid strike and an under-specified option all get 200 for market data."""
     exp = sim.market.expirations("AAPL")[0]
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(10, stock("NOPE"), "", False, False, [])
         p.client.reqMktData(11, option("AAPL", exp, 231.0, "C"), "", False, False, [])
         p.client.reqMktData(12, option("AAPL", exp, 0.0, "C"), "", False, False, [])
         for rid in (10, 11, 12):
             assert (await run(p.error_for, rid))[1] == 200
         assert sim.stats()["active_lines"] == 0
-    finally:
-        p.disconnect()
 
 
 async def test_duplicate_ticker_id_is_error_102(sim):
     """A second reqMktData with an active ticker id gets 102; the first line keeps streaming."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(1, stock("SPY"), "", False, False, [])
         p.client.reqMktData(1, stock("AAPL"), "", False, False, [])
         assert (await run(p.error_for, 1))[1] == 102
         assert sim.stats()["active_lines"] == 1
-    finally:
-        p.disconnect()
 
 
 async def test_max_lines_shared_by_all_clients_gives_101(make_sim):
     """With max_lines=3, two lines on one client and one on another fill TWS; the next gets 101."""
     sim = await make_sim(max_lines=3)
-    a = await connect(sim, 1)
-    b = await connect(sim, 2)
-    try:
+    async with connected(sim, 1) as a, connected(sim, 2) as b:
         a.client.reqMktData(1, stock("SPY"), "", False, False, [])
         a.client.reqMktData(2, stock("AAPL"), "", False, False, [])
         b.client.reqMktData(1, stock("MSFT"), "", False, False, [])
@@ -247,9 +205,6 @@ async def test_max_lines_shared_by_all_clients_gives_101(make_sim):
         assert ev[1] == 101 and ev[2] == "Max number of tickers has been reached"
         st = sim.stats()
         assert st["active_lines"] == 3 and st["lines_by_client"] == {1: 2, 2: 1}
-    finally:
-        a.disconnect()
-        b.disconnect()
 
 
 async def test_disconnect_frees_all_lines(sim):
@@ -269,23 +224,19 @@ async def test_disconnect_frees_all_lines(sim):
 
 async def test_no_permission_with_live_type_is_354_and_no_data(sim):
     """TSLA has no live permission: with market data type 1 it gets 354 and no line."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMktData(1, stock("TSLA"), "", False, False, [])
         assert (await run(p.error_for, 1))[1] == 354
         p.client.reqCurrentTime()
         await run(p.wait, "currentTime")
         assert sim.stats()["active_lines"] == 0
         assert not [e for e in p.history if e.name in ("tickPrice", "tickSize") and e[0] == 1]
-    finally:
-        p.disconnect()
 
 
 async def test_delayed_type_gives_10167_then_delayed_ticks_for_unpermitted_symbol(sim):
     """With type 3: TSLA gets advisory 10167, marketDataType 3 and delayed ticks 66/67 (option: 83)."""
     exp = sim.market.expirations("TSLA")[1]
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMarketDataType(3)
         p.client.reqMktData(1, stock("TSLA"), "", False, False, [])
         p.client.reqMktData(2, option("TSLA", exp, 250.0, "C"), "", False, False, [])
@@ -297,36 +248,30 @@ async def test_delayed_type_gives_10167_then_delayed_ticks_for_unpermitted_symbo
         comp = await run(p.wait, "tickOptionComputation", is_tick(2, 83))
         assert 0 < comp[4] < 1
         assert not [e for e in p.history if e.name == "tickPrice" and e[0] == 1 and e[1] in (1, 2)]
-    finally:
-        p.disconnect()
 
 
 async def test_delayed_type_with_permission_sends_live_data(sim):
     """With type 3 and a live permission (SPY): marketDataType 1 and live ticks 1/2, as real TWS does."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqMarketDataType(3)
         p.client.reqMktData(1, stock("SPY"), "", False, False, [])
         assert (await run(p.wait, "marketDataType", lambda e: e[0] == 1))[1] == 1
         await run(p.wait, "tickPrice", is_tick(1, 1))
         assert not p.errors(10167)
-    finally:
-        p.disconnect()
 
 
 # ---- pacing -----------------------------------------------------------------------------------------------
 
 async def test_over_50_messages_per_second_is_error_100_and_third_violation_disconnects(sim):
     """A client sending ~80 msg/s gets error 100 (with its count) and is dropped at the 3rd violation."""
-    p = await connect(sim)
+    async with connected(sim) as p:
 
-    def flood() -> None:
-        deadline = time.monotonic() + 8.0
-        while time.monotonic() < deadline and p.client.isConnected():
-            p.client.reqCurrentTime()
-            time.sleep(1 / 80)
+        def flood() -> None:
+            deadline = time.monotonic() + 8.0
+            while time.monotonic() < deadline and p.client.isConnected():
+                p.client.reqCurrentTime()
+                time.sleep(1 / 80)
 
-    try:
         await run(flood)
         await run(p.wait, "connectionClosed", None, 5.0)
         errs = p.errors(100)
@@ -336,15 +281,12 @@ async def test_over_50_messages_per_second_is_error_100_and_third_violation_disc
         assert st["clients"] == [] and st["peak_msg_rate"] >= 51 and st["peak_msg_rate_by_client"][1] >= 51
         sim.reset_stats()
         assert sim.stats()["violations"] == [] and sim.stats()["peak_msg_rate"] == 0
-    finally:
-        p.disconnect()
 
 
 async def test_delay_pacing_mode_answers_everything_without_error(make_sim):
     """pacing="delay": a burst of 120 requests is answered in full, with no error 100."""
     sim = await make_sim(pacing="delay")
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         for _ in range(120):
             p.client.reqCurrentTime()
         got = 0
@@ -353,8 +295,6 @@ async def test_delay_pacing_mode_answers_everything_without_error(make_sim):
             got += 1
         assert not p.errors(100) and not sim.stats()["violations"]
         assert sim.stats()["peak_msg_rate"] <= 50
-    finally:
-        p.disconnect()
 
 
 async def test_paceapi_connect_option_paces_instead_of_rejecting(sim):
@@ -377,8 +317,7 @@ async def test_paceapi_connect_option_paces_instead_of_rejecting(sim):
 async def test_contract_details_for_stock_and_partly_specified_option(sim):
     """STK gives one row with its conId; an option with only expiry+right gives one row per listed strike."""
     exp = sim.market.expirations("AAPL")[1]
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqContractDetails(1, stock("AAPL"))
         rows = [e for e in await run(p.collect, "contractDetailsEnd") if e.name == "contractDetails"]
         assert len(rows) == 1 and rows[0][1].contract.conId == 265598 and rows[0][1].longName == "APPLE INC"
@@ -389,14 +328,11 @@ async def test_contract_details_for_stock_and_partly_specified_option(sim):
         assert all(e[1].contract.right == "P" and e[1].underConId == 265598 for e in rows)
         p.client.reqContractDetails(3, option("AAPL", exp, 231.0, "C"))
         assert (await run(p.error_for, 3))[1] == 200
-    finally:
-        p.disconnect()
 
 
 async def test_sec_def_opt_params_lists_smart_and_cboe(sim):
     """reqSecDefOptParams answers one row per exchange, then the end marker; their union is the chain."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqSecDefOptParams(1, "AAPL", "", "STK", 265598)
         evs = await run(p.collect, "securityDefinitionOptionParameterEnd")
         rows = [e for e in evs if e.name == "securityDefinitionOptionParameter"]
@@ -406,42 +342,33 @@ async def test_sec_def_opt_params_lists_smart_and_cboe(sim):
         assert all(e[5] == set(sim.market.expirations("AAPL")) for e in rows)
         p.client.reqSecDefOptParams(2, "NOPE", "", "STK", 0)
         assert (await run(p.error_for, 2))[1] == 200
-    finally:
-        p.disconnect()
 
 
 async def test_current_time_and_req_ids(sim):
     """reqCurrentTime answers the epoch; reqIds answers a nextValidId past any used order id."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqCurrentTime()
         assert abs((await run(p.wait, "currentTime"))[0] - time.time()) < 5
         p.client.placeOrder(41, stock("SPY"), order("BUY", 1, "LMT", 1.0))
         await run(p.wait, "orderStatus", lambda e: e[0] == 41)
         p.client.reqIds(1)
         assert (await run(p.wait, "nextValidId"))[0] == 42
-    finally:
-        p.disconnect()
 
 
 async def test_unimplemented_request_is_logged_and_session_survives(sim):
     """A request the simulator does not implement is counted and ignored; the session goes on."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqNewsBulletins(True)
         p.client.reqCurrentTime()
         await run(p.wait, "currentTime")
         assert sim.stats()["unhandled"] == {12: 1}
-    finally:
-        p.disconnect()
 
 
 # ---- account ----------------------------------------------------------------------------------------------
 
 async def test_positions_account_summary_and_account_updates(sim):
     """Seeded positions, account summary tags and the account update download all arrive with end markers."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqPositions()
         pos = [e for e in await run(p.collect, "positionEnd") if e.name == "position"]
         assert {(e[1].symbol, e[2]) for e in pos} == {("AAPL", 100.0), ("JNPR", 300.0)}
@@ -454,23 +381,18 @@ async def test_positions_account_summary_and_account_updates(sim):
         assert any(e.name == "updatePortfolio" and e[0].symbol == "AAPL" for e in evs)
         assert any(e.name == "updateAccountValue" and e[0] == "NetLiquidation" for e in evs)
         assert evs[-1][0] == "DU1234567"
-    finally:
-        p.disconnect()
 
 
 async def test_multi_account_requests_answer_with_end_markers(make_sim):
     """reqPositionsMulti and reqAccountUpdatesMulti (asked by ib_async on connect) answer per account + end."""
     sim = await make_sim(accounts=("DU1", "DU2"))
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqPositionsMulti(3, "DU2", "")
         rows = [e for e in await run(p.collect, "positionMultiEnd") if e.name == "positionMulti"]
         assert rows and {e[1] for e in rows} == {"DU2"} and {e[3].symbol for e in rows} == {"AAPL", "JNPR"}
         p.client.reqAccountUpdatesMulti(4, "", "", True)
         rows = [e for e in await run(p.collect, "accountUpdateMultiEnd") if e.name == "accountUpdateMulti"]
         assert {e[1] for e in rows} == {"DU1", "DU2"} and any(e[3] == "NetLiquidation" for e in rows)
-    finally:
-        p.disconnect()
 
 
 # ---- orders -----------------------------------------------------------------------------------------------
@@ -478,8 +400,7 @@ async def test_multi_account_requests_answer_with_end_markers(make_sim):
 async def test_market_order_fills_with_status_sequence_execution_and_position(sim):
     """MKT buy: PreSubmitted → Submitted → Filled, execDetails + commissionReport with orderRef, position pushed."""
     exp = sim.market.expirations("AAPL")[2]
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqPositions()
         await run(p.wait, "positionEnd")
         p.client.placeOrder(1, option("AAPL", exp, 230.0, "C"), order("BUY", 2, ref="scan-7"))
@@ -495,14 +416,11 @@ async def test_market_order_fills_with_status_sequence_execution_and_position(si
         pos = await run(p.wait, "position", lambda e: e[1].secType == "OPT")
         assert pos[2] == 2 and pos[1].strike == 230.0
         assert sim.stats()["orders"][0]["status"] == "Filled"
-    finally:
-        p.disconnect()
 
 
 async def test_limit_order_rests_then_cancel_reports_cancelled(sim):
     """A buy limit far below the market rests (Submitted), shows in reqOpenOrders, cancels with 202."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.placeOrder(3, stock("SPY"), order("BUY", 10, "LMT", 100.0, ref="rest"))
         await run(p.wait, "orderStatus", lambda e: e[0] == 3 and e[1] == "Submitted")
         p.client.reqOpenOrders()
@@ -517,28 +435,22 @@ async def test_limit_order_rests_then_cancel_reports_cancelled(sim):
         assert done and done[-1][2].status == "Cancelled" and done[-1][1].orderRef == "rest"
         p.client.cancelOrder(99)
         assert (await run(p.error_for, 99))[1] == 10147
-    finally:
-        p.disconnect()
 
 
 async def test_resting_limit_fills_when_market_reaches_it(sim):
     """A sell limit at the current bid is marketable and fills at the bid."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         bid = sim.market.stock_quote("JNPR").bid
         p.client.placeOrder(4, stock("JNPR"), order("SELL", 100, "LMT", round(bid - 0.50, 2)))
         filled = await run(p.wait, "orderStatus", lambda e: e[0] == 4 and e[1] == "Filled")
         assert filled[4] >= bid - 0.50
-    finally:
-        p.disconnect()
 
 
 async def test_partial_fills_take_the_size_at_the_touch(make_sim):
     """partial_fills=True: a 61-lot (more than any quoted size) fills in pieces, then Filled at the average."""
     sim = await make_sim(partial_fills=True)
     exp = sim.market.expirations("MSFT")[1]
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.placeOrder(30, option("MSFT", exp, 420.0, "C"), order("BUY", 61))
         done = await run(p.wait, "orderStatus", lambda e: e[0] == 30 and e[1] == "Filled", 20.0)
         execs = [e for e in p.history if e.name == "execDetails" and e[2].orderId == 30]
@@ -548,14 +460,11 @@ async def test_partial_fills_take_the_size_at_the_touch(make_sim):
         assert partial and all(e[1] == "Submitted" for e in partial)
         vwap = sum(e[2].shares * e[2].price for e in execs) / 61
         assert done[4] == pytest.approx(vwap)
-    finally:
-        p.disconnect()
 
 
 async def test_what_if_returns_margin_and_places_nothing(sim):
     """A what-if order answers openOrder with whatIf and margin fields; no order is placed or filled."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.placeOrder(5, stock("MSFT"), order("BUY", 10, what_if=True))
         ev = await run(p.wait, "openOrder", lambda e: e[0] == 5)
         assert ev[2].whatIf and float(ev[3].initMarginChange) > 0 and float(ev[3].maintMarginAfter) > 0
@@ -564,15 +473,12 @@ async def test_what_if_returns_margin_and_places_nothing(sim):
         assert not [e for e in evs if e.name == "openOrder"]
         assert not [e for e in p.history if e.name in ("orderStatus", "execDetails")]
         assert sim.stats()["orders"][0]["what_if"] is True and not sim.broker.orders
-    finally:
-        p.disconnect()
 
 
 async def test_read_only_refuses_orders_hides_them_but_keeps_data(make_sim):
     """Read-Only API: placeOrder/cancelOrder get 321, order lists are just end markers, data still flows."""
     sim = await make_sim()
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.placeOrder(6, stock("SPY"), order("BUY", 1, "LMT", 100.0))
         await run(p.wait, "orderStatus", lambda e: e[0] == 6 and e[1] == "Submitted")
         sim.set_read_only(True)
@@ -592,15 +498,11 @@ async def test_read_only_refuses_orders_hides_them_but_keeps_data(make_sim):
         assert [e for e in await run(p.collect, "positionEnd") if e.name == "position"]
         p.client.reqMktData(1, stock("SPY"), "", False, False, [])
         await run(p.wait, "tickPrice", is_tick(1, 1))
-    finally:
-        p.disconnect()
 
 
 async def test_auto_open_orders_binds_only_for_client_zero(sim):
     """reqAutoOpenOrders from client 0 lists open orders of all clients and follows them; others get 321."""
-    master = await connect(sim, 0)
-    other = await connect(sim, 2)
-    try:
+    async with connected(sim, 0) as master, connected(sim, 2) as other:
         other.client.placeOrder(21, stock("SPY"), order("BUY", 1, "LMT", 100.0, ref="seen-by-0"))
         await run(other.wait, "orderStatus", lambda e: e[0] == 21 and e[1] == "Submitted")
         master.client.reqAutoOpenOrders(True)
@@ -610,15 +512,11 @@ async def test_auto_open_orders_binds_only_for_client_zero(sim):
         await run(master.wait, "orderStatus", lambda e: e[0] == 21 and e[1] == "Cancelled")
         other.client.reqAutoOpenOrders(True)
         assert (await run(other.wait, "error", lambda e: e[1] == 321))[0] == -1
-    finally:
-        master.disconnect()
-        other.disconnect()
 
 
 async def test_executions_are_reported_with_filter(sim):
     """reqExecutions replays fills (with commission reports) filtered by symbol, then execDetailsEnd."""
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.placeOrder(8, stock("SPY"), order("BUY", 5, ref="a"))
         p.client.placeOrder(9, stock("MSFT"), order("BUY", 5, ref="b"))
         for oid in (8, 9):
@@ -630,8 +528,6 @@ async def test_executions_are_reported_with_filter(sim):
         evs = await run(p.collect, "execDetailsEnd", lambda e: e[0] == 77)
         ex = [e for e in evs if e.name == "execDetails" and e[0] == 77]
         assert len(ex) == 1 and ex[0][1].symbol == "MSFT" and ex[0][2].orderRef == "b"
-    finally:
-        p.disconnect()
 
 
 async def test_probe_connect_times_out_instead_of_hanging(make_sim):
@@ -645,8 +541,7 @@ async def test_probe_connect_times_out_instead_of_hanging(make_sim):
 async def test_a_slow_contract_lookup_does_not_hold_up_the_clients_other_messages(sim):
     """TWS keeps reading while it looks reference data up: a later reqCurrentTime is answered first."""
     sim.latency.answer = lambda n_items=1: 0.5
-    p = await connect(sim)
-    try:
+    async with connected(sim) as p:
         p.client.reqContractDetails(41, stock("AAPL"))
         p.client.reqCurrentTime()
         await run(p.wait, "currentTime", timeout=2.0)
@@ -654,5 +549,3 @@ async def test_a_slow_contract_lookup_does_not_hold_up_the_clients_other_message
         await run(p.wait, "contractDetailsEnd", timeout=3.0)
         names = [e.name for e in p.history if e.name in ("currentTime", "contractDetailsEnd")]
         assert names == ["currentTime", "contractDetailsEnd"]
-    finally:
-        p.disconnect()

@@ -1,0 +1,31 @@
+"""Probe helpers shared by the TWS simulator tests (imported as ``sim_probe``: pytest puts this folder on sys.path)."""
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from sim.tws import TwsSimulator
+from sim.tws.probe import Probe
+
+
+async def connect(sim: TwsSimulator, client_id: int = 1) -> Probe:
+    return await asyncio.to_thread(Probe(sim.port, client_id).connect)
+
+
+@asynccontextmanager
+async def connected(sim: TwsSimulator, client_id: int = 1) -> AsyncIterator[Probe]:
+    """``async with connected(sim) as p:`` a connected probe, disconnected when the block ends (however it ends)."""
+    p = await connect(sim, client_id)
+    try:
+        yield p
+    finally:
+        p.disconnect()
+
+
+def run(fn, *args, **kw):
+    return asyncio.to_thread(fn, *args, **kw)
+
+
+def is_tick(req_id: int, tick_type: int):
+    return lambda e: e[0] == req_id and e[1] == tick_type
