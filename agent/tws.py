@@ -26,6 +26,15 @@ from agent.tws_lines import MarketDataLine
 from agent.tws_wrapper import Session, to_ib_contract
 from agent.types import AccountPosition, Contract, ContractInfo, OptionParams
 
+__all__ = ["Backoff", "MarketDataLine", "TwsBridge", "accounts_are_paper", "mismatch_message"]
+
+log = logging.getLogger("agent.tws")
+
+CLIENT_ID_TRIES = 4          # 326: try clientId, clientId+1, ... this many in all
+CLOSE_CANCEL_BUDGET = 0.3    # close(): seconds allowed for polite cancelMktData before the socket goes
+THREAD_END_WAIT = 0.5        # close(): how long to wait for the session thread to finish (it needs ~0.1 s)
+MARKET_DATA_TYPE = 3         # delayed where there is no live permission, live where there is
+
 
 async def _within(timeout: float, *futs: asyncio.Future) -> Any:
     """The first future's result once every one of ``futs`` is done (or the first exception among them);
@@ -42,16 +51,6 @@ async def _within(timeout: float, *futs: asyncio.Future) -> Any:
     if pending:
         raise asyncio.TimeoutError
     return futs[0].result()
-
-
-__all__ = ["Backoff", "MarketDataLine", "TwsBridge", "accounts_are_paper", "mismatch_message"]
-
-log = logging.getLogger("agent.tws")
-
-CLIENT_ID_TRIES = 4          # 326: try clientId, clientId+1, ... this many in all
-CLOSE_CANCEL_BUDGET = 0.3    # close(): seconds allowed for polite cancelMktData before the socket goes
-THREAD_END_WAIT = 0.5        # close(): how long to wait for the session thread to finish (it needs ~0.1 s)
-MARKET_DATA_TYPE = 3         # delayed where there is no live permission, live where there is
 
 
 @dataclass
