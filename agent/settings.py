@@ -96,6 +96,8 @@ class Settings(BaseModel):
         src = self.sources.get("IB_PROVIDER_KEY", "default")
         if src == "environment":
             return "your environment (IB_PROVIDER_KEY)"
+        if src == "demo":
+            return "the demo (a key for its local relay only)"
         return f"config.env ({self.config_path})" if self.config_path else "config.env"
 
     def secrets(self) -> list[str]:
@@ -115,7 +117,9 @@ class Settings(BaseModel):
             guess = difflib.get_close_matches(name, list(ENV_FIELDS), n=1)
             hint = f" — did you mean {guess[0]}?" if guess else ""
             lines.append(f"config.env sets {name}, which this agent does not use{hint}")
-        if self.config_path is None:
+        if "demo" in self.sources.values():
+            lines.append("Demo settings: the TWS simulator and the local relay (config.env is not read)")
+        elif self.config_path is None:
             lines.append("No config.env file: using environment variables and defaults")
         else:
             lines.append(f"Config file: {self.config_path}")

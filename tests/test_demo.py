@@ -83,3 +83,13 @@ async def test_demo_reports_a_failing_flow_and_exits_non_zero(tmp_path, monkeypa
     text = "\n".join(lines)
     assert status == 1
     assert "DEMO FAILED" in text and "fetch-chain answered HTTP 500" in text
+
+
+def test_demo_settings_say_they_are_the_demos(tmp_path):
+    """The demo's start-up lines name the demo as the settings' and the key's source (they said 'No config.env
+    file' and then 'API key: set, from config.env')."""
+    s = demo.demo_settings(4002, "ws://127.0.0.1:9/ws/data-provider", tmp_path)
+    lines = s.source_lines()
+    assert any(line.startswith("Demo settings") for line in lines)
+    assert not any("No config.env" in line for line in lines)
+    assert s.key_source.startswith("the demo") and "config.env" not in s.key_source
