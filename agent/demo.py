@@ -223,24 +223,27 @@ async def _wait_ready(relay: Any, agent: asyncio.Task, timeout: float) -> None:
     def left() -> float:
         return max(0.1, deadline - loop.time())
 
-    waiter = asyncio.ensure_future(relay.wait_provider(left()))
-    done, _ = await asyncio.wait({waiter, agent}, timeout=left(), return_when=asyncio.FIRST_COMPLETED)
+    await _unless_agent_stops(relay.wait_provider(left()), agent, left(), "connecting to the relay",
+                              f"the agent did not authenticate at the demo relay within {timeout:g} s")
+    def tws_connected(f: dict) -> bool:
+        return ((f.get("type") == "ib_accounts" and bool(f.get("accounts")))
+                or (f.get("type") == "agent_state" and bool(f.get("ib_connected"))))
+
+    await _unless_agent_stops(relay.wait_frame(tws_connected, left()), agent, left(), "connecting to the simulator",
+                              f"the agent did not report TWS connected within {timeout:g} s")
+
+
+async def _unless_agent_stops(aw: Any, agent: asyncio.Task, timeout: float, step: str, too_late: str) -> None:
+    """Wait for ``aw``; DemoFailed if the agent task ends first ("stopped before <step>") or ``aw`` fails or is not
+    done within ``timeout`` (``too_late``)."""
+    waiter = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({waiter, agent}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     if agent in done:
         waiter.cancel()
-        raise DemoFailed(f"the agent stopped before connecting to the relay: {_task_outcome(agent)}")
+        raise DemoFailed(f"the agent stopped before {step}: {_task_outcome(agent)}")
     if waiter not in done or waiter.exception() is not None:
         waiter.cancel()
-        raise DemoFailed(f"the agent did not authenticate at the demo relay within {timeout:g} s")
-    state = asyncio.ensure_future(relay.wait_frame(
-        lambda f: (f.get("type") == "ib_accounts" and bool(f.get("accounts")))
-        or (f.get("type") == "agent_state" and bool(f.get("ib_connected"))), left()))
-    done, _ = await asyncio.wait({state, agent}, timeout=left(), return_when=asyncio.FIRST_COMPLETED)
-    if agent in done:
-        state.cancel()
-        raise DemoFailed(f"the agent stopped before connecting to the simulator: {_task_outcome(agent)}")
-    if state not in done or state.exception() is not None:
-        state.cancel()
-        raise DemoFailed(f"the agent did not report TWS connected within {timeout:g} s")
+        raise DemoFailed(too_late)
 
 
 def _task_outcome(task: asyncio.Task) -> str:
