@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+
+import pytest
 
 from agent import demo
 
@@ -93,3 +96,31 @@ def test_demo_settings_say_they_are_the_demos(tmp_path):
     assert any(line.startswith("Demo settings") for line in lines)
     assert not any("No config.env" in line for line in lines)
     assert s.key_source.startswith("the demo") and "config.env" not in s.key_source
+
+
+class _SilentRelay:
+    """A relay no agent ever logs in to."""
+
+    async def wait_provider(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+        raise asyncio.TimeoutError
+
+    async def wait_frame(self, pred, timeout: float) -> dict:
+        await asyncio.sleep(timeout)
+        raise asyncio.TimeoutError
+
+
+async def test_wait_ready_says_whether_the_agent_stopped_or_never_logged_in():
+    async def crashing_agent():
+        raise RuntimeError("boom")
+
+    agent = asyncio.create_task(crashing_agent())
+    with pytest.raises(demo.DemoFailed, match="stopped before connecting to the relay: RuntimeError: boom"):
+        await demo._wait_ready(_SilentRelay(), agent, 5.0)
+
+    idle = asyncio.create_task(asyncio.sleep(60))
+    try:
+        with pytest.raises(demo.DemoFailed, match="did not authenticate at the demo relay within 0.2 s"):
+            await demo._wait_ready(_SilentRelay(), idle, 0.2)
+    finally:
+        idle.cancel()
