@@ -210,7 +210,7 @@ async def stack(tmp_path, *, log: bool = False, sim_port: int = 0, relay_options
     """TWS simulator + reference relay + the daemon with fast reconnects; yields (sim, relay, daemon, task)."""
     from sim.tws import SimConfig, TwsSimulator
     from agent.tws import TwsBridge
-    from agent.tws_connect import Backoff as TwsBackoff
+    from agent.tws.connect import Backoff as TwsBackoff
 
     sim = TwsSimulator(SimConfig(port=sim_port, accounts=("DU1234567",), latency="fast", seed=7))
     await sim.start()

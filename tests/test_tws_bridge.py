@@ -716,7 +716,7 @@ async def test_client_ids_in_use_warn_on_the_first_attempt_only(caplog):
 async def test_within_keeps_a_cancellation_that_lands_with_the_answer():
     """The answer and a cancellation of the waiting request in the same loop iteration: the request is cancelled
     (wait_for(shield(...)) returned the answer on Python <= 3.11, so a torn-down request carried on)."""
-    from agent.tws import _within
+    from agent.tws.bridge import _within
     fut = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(_within(5.0, fut))
     await asyncio.sleep(0)
@@ -728,7 +728,7 @@ async def test_within_keeps_a_cancellation_that_lands_with_the_answer():
 
 
 async def test_within_times_out_raises_the_first_error_and_never_cancels_the_futures():
-    from agent.tws import _within
+    from agent.tws.bridge import _within
     loop = asyncio.get_running_loop()
     a, b = loop.create_future(), loop.create_future()
     with pytest.raises(asyncio.TimeoutError):

@@ -1,4 +1,4 @@
-"""MarketDataLine.wait (agent/tws_lines.py) on its own: no socket, the test plays the bridge's part (_notify)."""
+"""MarketDataLine.wait (agent/tws/lines.py) on its own: no socket, the test plays the bridge's part (_notify)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agent.tws_lines import MarketDataLine
+from agent.tws.lines import MarketDataLine
 from agent.types import Contract
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent import tws_ticks as t
+from agent.tws import ticks as t
 from agent.tws import Backoff, accounts_are_paper, mismatch_message
 from agent.types import Contract, Quote
-from agent.tws_wrapper import from_ib_contract, to_ib_contract
+from agent.tws.wrapper import from_ib_contract, to_ib_contract
 
 
 def test_no_bid_minus_one_is_none_and_clears_stale_bid():

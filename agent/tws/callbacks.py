@@ -1,6 +1,6 @@
 """What each TWS message does to the bridge (a mixin of ``TwsBridge``).
 
-Everything here runs on the event loop: ``Session.post`` (agent/tws_wrapper.py) is the one crossing from ibapi's
+Everything here runs on the event loop: ``Session.post`` (agent/tws/wrapper.py) is the one crossing from ibapi's
 thread, and it lands in ``_deliver``. Each handler is guarded there, so one bad message never stops the rest.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import time
 
-from agent import tws_ticks as ticks
+from agent.tws import ticks
 from agent.errors import ClientIdInUse, IBDisconnected, IBError, ReadOnlyAPI
-from agent.tws_wrapper import Session, from_ib_details, option_params_row, position_row
+from agent.tws.wrapper import Session, from_ib_details, option_params_row, position_row
 
 log = logging.getLogger("agent.tws")
 

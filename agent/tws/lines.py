@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable
 from agent.types import Contract, Quote
 
 if TYPE_CHECKING:
-    from agent.tws import TwsBridge
+    from agent.tws.bridge import TwsBridge
 
 
 class MarketDataLine:

@@ -1,7 +1,7 @@
 """The TWS bridge: the ibapi client in its own thread, a request registry on the event loop, market-data
 lines, and a supervisor that keeps the connection up.
 
-Threads: each connection (``Session``, agent/tws_wrapper.py) has one thread that runs ibapi's connect and then
+Threads: each connection (``Session``, agent/tws/wrapper.py) has one thread that runs ibapi's connect and then
 its message loop. Callbacks cross into asyncio in one place (``Session.post`` → ``loop.call_soon_threadsafe``)
 and land in ``TwsBridge._deliver``; every future, registry entry and state attribute changes only on the loop.
 
@@ -20,13 +20,11 @@ from typing import Any, Callable
 
 from agent.errors import ClientIdInUse, HandshakeTimeout, IBDisconnected, IBError, RequestTimeout
 from agent.pacer import Pacer, Ticket
-from agent.tws_callbacks import CURRENT_TIME_KEY, POSITIONS_KEY, TwsCallbacks
-from agent.tws_connect import Backoff, accounts_are_paper, mismatch_message
-from agent.tws_lines import MarketDataLine
-from agent.tws_wrapper import Session, to_ib_contract
+from agent.tws.callbacks import CURRENT_TIME_KEY, POSITIONS_KEY, TwsCallbacks
+from agent.tws.connect import Backoff, accounts_are_paper, mismatch_message
+from agent.tws.lines import MarketDataLine
+from agent.tws.wrapper import Session, to_ib_contract
 from agent.types import AccountPosition, Contract, ContractInfo, OptionParams
-
-__all__ = ["Backoff", "MarketDataLine", "TwsBridge", "accounts_are_paper", "mismatch_message"]
 
 log = logging.getLogger("agent.tws")
 
