@@ -1,6 +1,8 @@
 """The TWS bridge package: everything that speaks to TWS / IB Gateway through ibapi.
 
-  bridge.py     ``TwsBridge``: request registry, market-data lines, reconnect supervisor (the public face)
+  bridge.py     ``TwsBridge``: connecting, the request registry, reference data (the public face)
+  marketdata.py market-data lines: open, paced cancel, 1101 re-requests (mixin)
+  supervisor.py stay connected: reconnect with backoff, health check, close (mixin)
   callbacks.py  what each TWS message does to the bridge (runs on the event loop)
   wrapper.py    the ibapi client and wrapper in their own thread; the one crossing into asyncio
   lines.py      ``MarketDataLine``: one reqMktData streaming into a Quote

@@ -1,5 +1,5 @@
 """The TWS bridge: the ibapi client in its own thread, a request registry on the event loop, market-data
-lines, and a supervisor that keeps the connection up.
+lines (agent/tws/marketdata.py), and a supervisor that keeps the connection up (agent/tws/supervisor.py).
 
 Threads: each connection (``Session``, agent/tws/wrapper.py) has one thread that runs ibapi's connect and then
 its message loop. Callbacks cross into asyncio in one place (``Session.post`` → ``loop.call_soon_threadsafe``)
@@ -23,14 +23,14 @@ from agent.pacer import Pacer, Ticket
 from agent.tws.callbacks import CURRENT_TIME_KEY, POSITIONS_KEY, TwsCallbacks
 from agent.tws.connect import Backoff, accounts_are_paper, mismatch_message
 from agent.tws.lines import MarketDataLine
+from agent.tws.marketdata import MarketData
+from agent.tws.supervisor import Supervisor
 from agent.tws.wrapper import Session, to_ib_contract
 from agent.types import AccountPosition, Contract, ContractInfo, OptionParams
 
 log = logging.getLogger("agent.tws")
 
 CLIENT_ID_TRIES = 4          # 326: try clientId, clientId+1, ... this many in all
-CLOSE_CANCEL_BUDGET = 0.3    # close(): seconds allowed for polite cancelMktData before the socket goes
-THREAD_END_WAIT = 0.5        # close(): how long to wait for the session thread to finish (it needs ~0.1 s)
 MARKET_DATA_TYPE = 3         # delayed where there is no live permission, live where there is
 
 
@@ -58,7 +58,7 @@ class _Pending:
     items: list = field(default_factory=list)
 
 
-class TwsBridge(TwsCallbacks):
+class TwsBridge(Supervisor, MarketData, TwsCallbacks):
     """See docs/design.md "TWS bridge". Additions: ``ports`` (candidate ports for tests), ``health_interval`` /
     ``health_timeout`` (hung-TWS check), ``connect()`` (one attempt without the supervisor),
     ``wait_lines_closed()``, ``client_id`` (the clientId in use), ``open_lines``, ``stats()``."""
@@ -330,175 +330,6 @@ class TwsBridge(TwsCallbacks):
         if reconnect:
             self._emit("tws_reconnected", {"ts": time.time()})
 
-    async def _resubscribe(self, session: Session) -> None:
-        """After 1101 (data lost) re-request every open line with its own reqId."""
-        for line in list(self._lines.values()):
-            if line.closed or line._closing is not None or line.quote.error_code is not None:
-                continue        # closing, or failed for good (e.g. 200): asking again would not help
-            try:
-                await self._token(session)
-                if line.req_id not in self._lines or line._closing is not None:
-                    continue
-                self._send(session, "reqMktData", session.client.reqMktData, line.req_id,
-                           to_ib_contract(line.contract), line.generic_ticks, line.snapshot, False, [])
-            except IBDisconnected:
-                return
-        log.info("re-requested %d market data lines after TWS error 1101", len(self._lines))
-
-    # ------------------------------------------------------------------ supervisor
-    async def run(self) -> None:
-        """Connect, then stay connected: reconnect with backoff whenever the link goes. Cancel to stop."""
-        self._supervised = True
-        self._stopped = False
-        self._run_task = asyncio.current_task()
-        kick = self._evt("_kick_evt")
-        try:
-            while not self._stopped:
-                try:
-                    await self.connect()
-                except IBDisconnected as e:
-                    self.reconnecting = True
-                    delay = self.backoff.next()
-                    self._log_unavailable(str(e), delay)
-                    await self._sleep_or_kick(delay)
-                    continue
-                self.reconnecting = False
-                self.backoff.reset()
-                session = self._session
-                # Wait for the loss (TWS exited, restarted, socket died) or a forced reconnect, checking now
-                # and then that TWS still answers: a hung TWS keeps its socket open but answers nothing.
-                while session is not None and not session.lost and self._session is session:
-                    kick.clear()
-                    try:
-                        await asyncio.wait_for(kick.wait(), self.health_interval)
-                    except asyncio.TimeoutError:
-                        await self._health_check(session)
-                if self._stopped:
-                    break
-                self.reconnecting = True
-                delay = self.backoff.next()     # random first delay: many agents don't all retry at once
-                log.debug("reconnecting to TWS in %.1f s", delay)      # _on_lost said the loss once
-                await self._sleep_or_kick(delay)
-        finally:
-            self._supervised = False
-            self._run_task = None
-            self.reconnecting = False
-            # Cancelled (Ctrl+C): no polite cancels, TWS drops a closed client's lines itself. Be quick.
-            await self._shutdown(polite=False)
-
-    def _retry_level(self) -> int:
-        """WARNING for a problem found on the first attempt; DEBUG on the retries of an outage that the
-        supervisor has already reported (its one 'TWS not available' line names the same problem)."""
-        return logging.DEBUG if self._down_since is not None else logging.WARNING
-
-    def _log_unavailable(self, reason: str, delay: float) -> None:
-        """A failed connect attempt: a WARNING the first time a reason is seen in this outage, DEBUG on every
-        retry after that (TWS may be closed for hours: the trader needs the line once, not every few seconds)."""
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-        if reason != self._down_said:
-            self._down_said = reason
-            log.warning("TWS not available (%s); retrying in %.1f s", reason, delay)
-        else:
-            log.debug("TWS still not available; retrying in %.1f s", delay)
-
-    async def _health_check(self, session: Session) -> None:
-        try:
-            await self.current_time(timeout=self._health_timeout)
-        except RequestTimeout:
-            if session is self._session and not session.lost:
-                log.warning("TWS on port %s did not answer a time request within %g s: reconnecting", session.port,
-                            self._health_timeout)
-                self._on_lost(session, "TWS stopped answering")
-        except IBDisconnected:
-            pass
-
-    async def _sleep_or_kick(self, delay: float) -> None:
-        """Sleep ``delay`` unless reconnect() asks to go now."""
-        kick = self._evt("_kick_evt")
-        kick.clear()
-        if self._skip_backoff:
-            self._skip_backoff = False
-            return
-        try:
-            await asyncio.wait_for(kick.wait(), max(0.0, delay))
-        except asyncio.TimeoutError:
-            pass
-        self._skip_backoff = False
-        kick.clear()
-
-    async def wait_connected(self, timeout: float) -> None:
-        if self.connected:
-            return
-        try:
-            await asyncio.wait_for(self._evt("_connected_evt").wait(), timeout)
-        except asyncio.TimeoutError:
-            raise IBDisconnected(f"Not connected to TWS: {self.status_message}") from None
-
-    async def reconnect(self, force: bool = False) -> str:
-        """Reconnect now (``force``: even when connected). Returns the status message."""
-        if self.connected and not force:
-            return f"Already connected: {self.status_message}"
-        if force and self._session is not None:
-            self._drop_current("reconnect requested")
-        if self._supervised:
-            self._skip_backoff = True
-            self._evt("_kick_evt").set()      # wake the supervisor, skip the backoff wait
-            per_port = float(getattr(self.settings, "connect_timeout", 5.0)) * 2 + 1
-            ports = self._ports or list(self.settings.candidate_ports())
-            try:
-                await self.wait_connected(per_port * len(ports))
-            except IBDisconnected:
-                pass
-            return self.status_message
-        try:
-            await self.connect()
-        except IBDisconnected:
-            pass
-        return self.status_message
-
-    def _drop_current(self, reason: str) -> None:
-        session = self._session
-        if session is not None:
-            self._on_lost(session, reason)
-
-    async def close(self) -> None:
-        """Cancel open lines (briefly), then disconnect and stop the supervisor. Done within about a second."""
-        self._stopped = True
-        run_task = self._run_task
-        await self._shutdown()
-        if run_task is not None and run_task is not asyncio.current_task() and not run_task.done():
-            run_task.cancel()
-            # asyncio.wait: the supervisor ending cancelled is the expected outcome, not our own cancellation.
-            done, _ = await asyncio.wait({run_task}, timeout=THREAD_END_WAIT + 0.2)
-            for t in done:
-                if not t.cancelled() and t.exception() is not None:
-                    log.debug("supervisor ended with an error: %r", t.exception())
-
-    async def _shutdown(self, polite: bool = True) -> None:
-        self._closing = True
-        try:
-            session = self._session
-            if polite and session is not None and not session.lost and self._lines:
-                try:
-                    await asyncio.wait_for(self._cancel_all_lines(session), CLOSE_CANCEL_BUDGET)
-                except (asyncio.TimeoutError, IBDisconnected):
-                    pass    # TWS drops a client's subscriptions with its socket anyway
-            if session is not None:
-                self._on_lost(session, "closed by the agent")
-                self._session = None
-                await asyncio.wait({session.ended}, timeout=THREAD_END_WAIT)   # the session thread is gone
-            self.connected = False
-            self.status_message = "Disconnected from TWS (agent stopped)"
-            for t in list(self._tasks):
-                t.cancel()
-        finally:
-            self._closing = False
-
-    async def _cancel_all_lines(self, session: Session) -> None:
-        for line in list(self._lines.values()):
-            await self.close_market_data(line)
-
     # ------------------------------------------------------------------ requests
     async def _request(self, key: int, kind: str, send: Callable[[Session, int], None], timeout: float,
                        what: str) -> Any:
@@ -568,74 +399,3 @@ class TwsBridge(TwsCallbacks):
                         self._send(session, "cancelPositions", session.client.cancelPositions)
                     except IBDisconnected:
                         pass        # the subscription died with the connection
-
-    # ------------------------------------------------------------------ market data
-    async def open_market_data(self, contract: Contract, generic_ticks: str = "",
-                               snapshot: bool = False) -> MarketDataLine:
-        """Start a line for ``contract``. The caller holds a line from pacer.acquire_lines(); this consumes it
-        (close_market_data or a lost connection gives it back). If this raises, the line was never opened and
-        the caller still holds the reserved line."""
-        session = self._require()
-        ib_contract = to_ib_contract(contract)
-        await self._token(session)
-        session = self._require()
-        rid = self._new_req_id()
-        line = MarketDataLine(self, rid, contract, generic_ticks, snapshot, session.id)
-        # No await between the send and the registration, and callbacks reach the loop only through
-        # call_soon_threadsafe, so no tick can arrive before the line is registered. Registering only after a
-        # successful send keeps the rule simple: if this raises, the caller still holds its reserved line.
-        self._send(session, "reqMktData", session.client.reqMktData, rid, ib_contract, generic_ticks, snapshot,
-                   False, [])
-        self._lines[rid] = line
-        return line
-
-    async def close_market_data(self, line: MarketDataLine) -> None:
-        """cancelMktData (paced), then the line goes back to the pacer. Idempotent; never raises (except the
-        caller's own cancellation); the cancel completes in a bridge-owned task even if the caller is cancelled."""
-        try:
-            if line._closing is None:
-                # The cancel's place in the pacer queue is taken now, in call order (a request made after this
-                # call queues behind the cancel); the send itself happens in a bridge-owned task.
-                session = self._session
-                ticket = None
-                if (line.req_id in self._lines and session is not None and session.id == line._session_id
-                        and not session.lost and not line.snapshot_done):
-                    ticket = self.pacer.ticket()
-                line._closing = self._spawn(self._cancel_line(line, ticket), f"cancel-mkt-{line.req_id}")
-            await asyncio.shield(line._closing)
-        except asyncio.CancelledError:
-            raise
-        except Exception:       # noqa: BLE001
-            log.exception("closing market data line %s failed", line)
-
-    async def _cancel_line(self, line: MarketDataLine, ticket: Ticket | None) -> None:
-        try:
-            session = self._session
-            if ticket is not None and (line.req_id not in self._lines or session is None
-                                       or session.id != line._session_id or session.lost):
-                self.pacer.drop_ticket(ticket)      # the link went while queued: the loss freed the line
-                ticket = None
-            if ticket is not None:
-                try:
-                    await self._token(session, ticket)
-                    if line.req_id in self._lines and not session.lost:
-                        self._send(session, "cancelMktData", session.client.cancelMktData, line.req_id)
-                except IBDisconnected:
-                    pass        # the loss freed the line with all the others
-        finally:
-            line.closed = True
-            if self._lines.pop(line.req_id, None) is not None:
-                self.pacer.release_lines(1)     # only now: a new reqMktData can't overtake the cancel (101)
-            line._notify()
-
-    async def wait_lines_closed(self, timeout: float = 5.0) -> bool:
-        """Wait for the line cancels still in flight (their callers may be gone). False on timeout."""
-        pending = [t for t in self._tasks if t.get_name().startswith("cancel-mkt-") and not t.done()]
-        if not pending:
-            return True
-        _done, still = await asyncio.wait(pending, timeout=timeout)
-        return not still
-
-    @property
-    def open_lines(self) -> int:
-        return len(self._lines)
