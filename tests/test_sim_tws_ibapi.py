@@ -36,9 +36,13 @@ async def sim(make_sim):
 
 
 def order(action: str, qty: float, order_type: str = "MKT", lmt: float | None = None, ref: str = "",
-          what_if: bool = False) -> Order:
+          what_if: bool = False, account: str = "") -> Order:
+    """An order as a client of current TWS must send it (ibapi 9.81's defaults eTradeOnly/firmQuoteOnly=True
+    are rejected by TWS 10.x with 10268/10269)."""
     o = Order()
     o.action, o.totalQuantity, o.orderType, o.orderRef, o.whatIf = action, qty, order_type, ref, what_if
+    o.eTradeOnly = o.firmQuoteOnly = False
+    o.account = account
     if lmt is not None:
         o.lmtPrice = lmt
     return o
@@ -528,6 +532,70 @@ async def test_executions_are_reported_with_filter(sim):
         evs = await run(p.collect, "execDetailsEnd", lambda e: e[0] == 77)
         ex = [e for e in evs if e.name == "execDetails" and e[0] == 77]
         assert len(ex) == 1 and ex[0][1].symbol == "MSFT" and ex[0][2].orderRef == "b"
+
+
+async def test_ibapi_default_order_attributes_are_rejected_as_tws_10_does(sim):
+    """ibapi 9.81's default Order (eTradeOnly, firmQuoteOnly = True) gets 10268, then 10269; nothing is placed."""
+    async with connected(sim) as p:
+        o = Order()
+        o.action, o.totalQuantity, o.orderType, o.lmtPrice = "BUY", 1, "LMT", 100.0
+        p.client.placeOrder(51, stock("SPY"), o)
+        assert (await run(p.error_for, 51))[1] == 10268
+        o.eTradeOnly = False
+        p.client.placeOrder(52, stock("SPY"), o)
+        assert (await run(p.error_for, 52))[1] == 10269
+        assert not sim.broker.orders
+
+
+async def test_off_tick_limit_price_gets_110(sim):
+    """A limit price finer than the contract's tick is refused with 110; a nickel JNPR option over $3 too."""
+    async with connected(sim) as p:
+        p.client.placeOrder(53, stock("SPY"), order("BUY", 1, "LMT", 100.004))
+        ev = await run(p.error_for, 53)
+        assert ev[1] == 110 and "minimum price variation" in ev[2]
+        exp = sim.market.expirations("JNPR")[0]
+        p.client.placeOrder(54, option("JNPR", exp, 35.0, "C"), order("BUY", 1, "LMT", 4.02))
+        assert (await run(p.error_for, 54))[1] == 110
+        assert not sim.broker.orders
+
+
+async def test_several_accounts_need_an_account_on_each_order(make_sim):
+    """With two managed accounts an order without an account gets 435; naming one places it there."""
+    sim = await make_sim(accounts=("DU111", "DU222"))
+    async with connected(sim) as p:
+        p.client.placeOrder(55, stock("SPY"), order("BUY", 1, "LMT", 100.0))
+        assert (await run(p.error_for, 55))[1] == 435
+        p.client.placeOrder(56, stock("SPY"), order("BUY", 1, "LMT", 100.0, account="DU222"))
+        await run(p.wait, "orderStatus", lambda e: e[0] == 56 and e[1] == "Submitted")
+        assert sim.broker.orders[(p.client_id, 56)].account == "DU222"
+
+
+async def test_modifying_a_filled_order_gets_104(sim):
+    """placeOrder again with a filled order's id: error 104, the fill stands."""
+    async with connected(sim) as p:
+        p.client.placeOrder(57, stock("SPY"), order("BUY", 1))
+        await run(p.wait, "orderStatus", lambda e: e[0] == 57 and e[1] == "Filled")
+        p.client.placeOrder(57, stock("SPY"), order("BUY", 2))
+        assert (await run(p.error_for, 57))[1] == 104
+        assert sim.broker.orders[(p.client_id, 57)].filled == 1
+
+
+async def test_withheld_order_status_hides_a_working_order_from_its_client(sim):
+    """withhold_order_status: the order works (the order list shows it) but no status or fill is pushed."""
+    sim.withhold_order_status = True
+    async with connected(sim) as p:
+        p.client.placeOrder(58, stock("SPY"), order("BUY", 10, "LMT", 100.0, ref="hidden"))
+        p.client.reqCurrentTime()
+        await run(p.wait, "currentTime")
+        for _ in range(50):
+            if sim.broker.orders.get((p.client_id, 58)) and sim.broker.orders[(p.client_id, 58)].status == "Submitted":
+                break
+            await asyncio.sleep(0.02)
+        assert sim.broker.orders[(p.client_id, 58)].status == "Submitted"
+        assert not [e for e in p.history if e.name in ("openOrder", "orderStatus")]
+        p.client.reqAllOpenOrders()
+        evs = await run(p.collect, "openOrderEnd")
+        assert [e[2].orderRef for e in evs if e.name == "openOrder"] == ["hidden"]
 
 
 async def test_probe_connect_times_out_instead_of_hanging(make_sim):

@@ -21,6 +21,7 @@ from ibapi import comm
 from ibapi.client import EClient
 from ibapi.common import MAX_MSG_LEN
 from ibapi.contract import Contract as IBContract
+from ibapi.order import Order as IBOrder
 from ibapi.wrapper import EWrapper
 
 from agent.types import AccountPosition, Contract, ContractInfo, OptionParams
@@ -45,6 +46,15 @@ def to_ib_contract(c: Contract) -> IBContract:
     ib.tradingClass = c.trading_class
     ib.localSymbol = c.local_symbol
     return ib
+
+
+def new_ib_order() -> IBOrder:
+    """An ibapi Order that current TWS accepts. ibapi 9.81 defaults ``eTradeOnly`` and ``firmQuoteOnly`` to True;
+    TWS 10.x rejects an order carrying either with error 10268 / 10269 ("attribute is not supported")."""
+    o = IBOrder()
+    o.eTradeOnly = False
+    o.firmQuoteOnly = False
+    return o
 
 
 def _right(r: str) -> str:

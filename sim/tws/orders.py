@@ -100,6 +100,19 @@ class Account:
     realized: float = 0.0
 
 
+def min_tick(market: Market, ins: Instrument, price: float) -> float:
+    """The price increment an order on ``ins`` must respect (as the market model quotes: nickels for JNPR
+    options priced $3 and over, pennies otherwise)."""
+    if ins.is_option and ins.symbol == "JNPR" and price >= 3:
+        return 0.05
+    return 0.01
+
+
+def on_tick(price: float, tick: float) -> bool:
+    steps = price / tick
+    return abs(steps - round(steps)) < 1e-6
+
+
 def commission_for(ins: Instrument, qty: float, price: float) -> float:
     if ins.is_option:
         return round(max(0.65 * qty, 1.0), 2)

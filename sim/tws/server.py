@@ -47,6 +47,7 @@ class TwsSimulator:
         self.broker = Broker(self.market, tuple(self.accounts))
         self.read_only = self.config.read_only
         self.silent_handshake = False
+        self.withhold_order_status = False     # fault: orders work, but TWS sends nothing about them
         self.farms: dict[str, bool] = {"usfarm": True, "ushmds": True, "secdefnyc": True}
         self.port: int = self.config.port
         self.unhandled: dict[int, int] = {}
@@ -198,6 +199,8 @@ class TwsSimulator:
     # ---- orders ---------------------------------------------------------------------------------
 
     def _order_sessions(self, order: SimOrder) -> list[Session]:
+        if self.withhold_order_status:
+            return []                 # the order lives on (order lists show it); nobody is told
         out = []
         owner = self._by_client.get(order.client_id)
         if owner is not None and not owner.closed:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import messages as M
 from . import requests as R
 from .contracts import resolve
-from .orders import SimOrder
+from .orders import SimOrder, min_tick, on_tick
 from .wire import Fields, WireError
 
 READ_ONLY_TEXT = "The API interface is currently in Read-Only mode."
@@ -38,6 +38,13 @@ class OrderHandlers:
                                "what_if": req.what_if})
             self._read_only_error(oid)
             return
+        # TWS 10.x no longer supports these two attributes, which ibapi 9.81 sends as True by default.
+        if req.e_trade_only:
+            self.error(oid, 10268, "The 'EtradeOnly' order attribute is not supported.")
+            return
+        if req.firm_quote_only:
+            self.error(oid, 10269, "The 'firmQuoteOnly' order attribute is not supported.")
+            return
         found = resolve(sim.market, req.contract)
         if len(found) != 1:
             self.error(oid, 200, "No security definition has been found for the request")
@@ -50,20 +57,31 @@ class OrderHandlers:
             problem = "Order quantity must be positive"
         elif req.order_type == "LMT" and req.lmt_price is None:
             problem = "Limit price is missing"
-        account = req.account or sim.accounts[0]
-        if not problem and account not in sim.broker.accounts:
-            problem = f"Invalid account code {account}"
         if problem:
             self.error(oid, 321, f"Error validating request.-'bN' : cause - {problem}")
             return
+        if not req.account and len(sim.accounts) > 1:
+            self.error(oid, 435, "You must specify an allocation (either a single account, group, or profile).")
+            return
+        account = req.account or sim.accounts[0]
+        if account not in sim.broker.accounts:
+            self.error(oid, 321, f"Error validating request.-'bN' : cause - Invalid account code {account}")
+            return
+        if req.lmt_price is not None and not on_tick(req.lmt_price, min_tick(sim.market, ins, req.lmt_price)):
+            self.error(oid, 110, "The price does not conform to the minimum price variation for this contract.")
+            return
         existing = sim.broker.orders.get((self.client_id, oid))
         if existing is not None and not req.what_if:
+            if existing.status == "Filled":
+                self.error(oid, 104, "Can't modify a filled order.")
+                return
             if not existing.is_open:
                 self.error(oid, 103, "Duplicate order id")
                 return
             # a placeOrder with the id of an open order modifies it
             existing.quantity, existing.lmt_price = req.quantity, req.lmt_price
             existing.order_type, existing.aux_price = req.order_type, req.aux_price
+            existing.tif, existing.outside_rth = req.tif or existing.tif, req.outside_rth
             sim._publish_order(existing)
             sim.try_fill(existing)
             return
