@@ -25,7 +25,7 @@ from agent import console
 from agent.errors import AgentError, IBDisconnected, IBError, OrderRefused
 from agent.pacer import current_flow
 from agent.protocol import (CancelOrderPayload, EmptyPayload, ModifyOrderPayload, OpenOrdersPayload, Payload,
-                            PlaceOrderPayload, ReconnectPayload, RequestFrame, TimeoutPayload,
+                            PlaceOrderPayload, ReconnectPayload, RequestFrame, TimeoutPayload, contract_dict,
                             describe_validation_error, response_error, response_ok)
 
 log = logging.getLogger("agent.dispatch")
@@ -259,20 +259,11 @@ async def ib_reconnect(ctx: AgentContext, p: ReconnectPayload) -> dict:
     return {"ok": bool(ctx.bridge.connected), "message": message}
 
 
-def _contract_dict(c) -> dict:
-    return {
-        "conId": c.con_id, "symbol": c.symbol, "secType": c.sec_type, "exchange": c.exchange,
-        "currency": c.currency, "lastTradeDateOrContractMonth": c.expiry, "strike": c.strike, "right": c.right,
-        "multiplier": c.multiplier, "localSymbol": c.local_symbol, "tradingClass": c.trading_class,
-        "primaryExchange": c.primary_exchange,
-    }
-
-
 async def get_positions(ctx: AgentContext, p: TimeoutPayload) -> dict:
     # The relay waits 20 s; the dispatcher's deadline is 18 s: ask TWS for a little less than that.
     positions = await ctx.bridge.positions(timeout=min(float(p.timeout_sec), 16.0))
     return {
-        "positions": [{"account": ap.account, "contract": _contract_dict(ap.contract), "position": ap.position,
+        "positions": [{"account": ap.account, "contract": contract_dict(ap.contract), "position": ap.position,
                        "avgCost": ap.avg_cost} for ap in positions],
         "accounts": list(ctx.bridge.accounts),
     }

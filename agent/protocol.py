@@ -72,6 +72,16 @@ def response_error(request_id: str, error: str, code: int | None = None) -> dict
     return frame
 
 
+def contract_dict(c: Any) -> dict:
+    """An ``agent.types.Contract`` in the relay's contract shape (positions, orders)."""
+    return {
+        "conId": c.con_id, "symbol": c.symbol, "secType": c.sec_type, "exchange": c.exchange,
+        "currency": c.currency, "lastTradeDateOrContractMonth": c.expiry, "strike": c.strike, "right": c.right,
+        "multiplier": c.multiplier, "localSymbol": c.local_symbol, "tradingClass": c.trading_class,
+        "primaryExchange": c.primary_exchange,
+    }
+
+
 def auth_frame(api_key: str, version: str) -> dict:
     return {"type": "auth", "api_key": api_key, "version": version}
 
