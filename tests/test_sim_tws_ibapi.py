@@ -598,6 +598,34 @@ async def test_withheld_order_status_hides_a_working_order_from_its_client(sim):
         assert [e[2].orderRef for e in evs if e.name == "openOrder"] == ["hidden"]
 
 
+async def test_a_buy_beyond_the_accounts_equity_gets_201(sim):
+    """A buy needing more initial margin than the account's equity is rejected with 201 (nothing placed)."""
+    async with connected(sim) as p:
+        p.client.placeOrder(59, stock("SPY"), order("BUY", 10_000, "LMT", 590.0))
+        ev = await run(p.error_for, 59)
+        assert ev[1] == 201 and ev[2].startswith("Order rejected - reason:")
+        assert not sim.broker.orders
+
+
+async def test_manual_orders_show_id_zero_and_bind_to_client_zero(sim):
+    """An order typed into TWS: reqAllOpenOrders shows it with id 0; client 0 bound by reqAutoOpenOrders sees a
+    negative id and may cancel it; another client cannot."""
+    manual = sim.place_manual_order("SPY", "BUY", 5, "LMT", 100.0, order_ref="by-hand")
+    async with connected(sim, 4) as other, connected(sim, 0) as master:
+        other.client.reqAllOpenOrders()
+        evs = await run(other.collect, "openOrderEnd")
+        opens = [e for e in evs if e.name == "openOrder"]
+        assert [(e[0], e[2].clientId, e[2].orderRef) for e in opens] == [(0, 0, "by-hand")]
+        master.client.reqAutoOpenOrders(True)
+        evs = await run(master.collect, "openOrderEnd")
+        assert [e[0] for e in evs if e.name == "openOrder"] == [manual.order_id] and manual.order_id < 0
+        other.client.cancelOrder(manual.order_id)
+        assert (await run(other.error_for, manual.order_id))[1] == 10147
+        master.client.cancelOrder(manual.order_id)
+        await run(master.wait, "orderStatus", lambda e: e[0] == manual.order_id and e[1] == "Cancelled")
+        assert manual.status == "Cancelled"
+
+
 async def test_probe_connect_times_out_instead_of_hanging(make_sim):
     """The probe's connect has a deadline even though ibapi's has none (silent handshake)."""
     sim = await make_sim()

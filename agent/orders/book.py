@@ -228,6 +228,11 @@ class OrderBook:
         self._syncing = True
         return self._sync
 
+    def abort_sync(self, gen: int) -> None:
+        """The re-read failed part-way: what it saw stands, nothing is marked unknown."""
+        if gen == self._sync:
+            self._syncing = False
+
     def end_sync(self, gen: int) -> None:
         """The re-read is complete: an order we hold as working that TWS did not mention is no longer known."""
         if gen != self._sync:

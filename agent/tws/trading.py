@@ -42,6 +42,12 @@ class Trading:
         except Exception:       # noqa: BLE001 - a listener's bug must not break the bridge
             log.exception("order listener failed on %s", kind)
 
+    @property
+    def connection_id(self) -> int | None:
+        """Which connection is up (a new one after every reconnect), or None while there is none."""
+        s = self._session
+        return s.id if s is not None and self.connected and not s.lost else None
+
     # --- sending -------------------------------------------------------------------------------------------
 
     def new_order_id(self) -> int:

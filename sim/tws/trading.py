@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import messages as M
 from . import requests as R
 from .contracts import resolve
-from .orders import SimOrder, min_tick, on_tick
+from .orders import MANUAL_CLIENT, SimOrder, min_tick, on_tick
 from .wire import Fields, WireError
 
 READ_ONLY_TEXT = "The API interface is currently in Read-Only mode."
@@ -70,7 +70,14 @@ class OrderHandlers:
         if req.lmt_price is not None and not on_tick(req.lmt_price, min_tick(sim.market, ins, req.lmt_price)):
             self.error(oid, 110, "The price does not conform to the minimum price variation for this contract.")
             return
-        existing = sim.broker.orders.get((self.client_id, oid))
+        existing = self._own_order(oid)
+        if existing is None and not req.what_if and req.action == "BUY":
+            need, have = sim.broker.buying_check(account, ins, req.quantity, req.lmt_price)
+            if need > have:
+                self.error(oid, 201, f"Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE "
+                                     f"DESIRED POSITION YOUR EQUITY WITH LOAN VALUE [{have:.2f} USD] MUST EXCEED THE "
+                                     f"INITIAL MARGIN [{need:.2f} USD]")
+                return
         if existing is not None and not req.what_if:
             if existing.status == "Filled":
                 self.error(oid, 104, "Can't modify a filled order.")
@@ -107,7 +114,7 @@ class OrderHandlers:
         if sim.read_only:
             self._read_only_error(oid)
             return
-        order = sim.broker.orders.get((self.client_id, oid))
+        order = self._own_order(oid)
         if order is None:
             self.error(oid, 10147, f"OrderId {oid} that needs to be cancelled is not found.")
             return
@@ -129,12 +136,21 @@ class OrderHandlers:
         if not self.sim.read_only:           # read-only API hides order information: just the end marker
             for o in orders:
                 if o.is_open:
-                    self.send(M.open_order(o))
-                    self.send(M.order_status(o))
+                    ids = self.sim.ids_for(self, o)
+                    self.send(M.open_order(o, ids=ids))
+                    self.send(M.order_status(o, ids=ids))
         self.send(M.open_order_end())
 
     def req_open_orders(self, fields: list[str]) -> None:
-        self._send_open_orders([o for o in self.sim.broker.orders.values() if o.client_id == self.client_id])
+        self._send_open_orders([o for o in self.sim.broker.orders.values() if o.client_id == self.client_id
+                                or (o.manual and self.sim.ids_for(self, o) != (0, 0))])
+
+    def _own_order(self, order_id: int) -> SimOrder | None:
+        """This client's order ``order_id``; for client 0 after reqAutoOpenOrders(true) also a bound manual order."""
+        order = self.sim.broker.orders.get((self.client_id, order_id))
+        if order is None and order_id < 0 and self.client_id == 0 and self.auto_bind:
+            order = self.sim.broker.orders.get((MANUAL_CLIENT, order_id))
+        return order
 
     def req_all_open_orders(self, fields: list[str]) -> None:
         self._send_open_orders(list(self.sim.broker.orders.values()))
@@ -176,6 +192,7 @@ class OrderHandlers:
                 continue
             if since_key and e.time.replace("  ", " ") < since_key:
                 continue
-            self.send(M.execution_data(rid, e))
+            order = self.sim.broker.orders.get((e.client_id, e.order_id))
+            self.send(M.execution_data(rid, e, ids=self.sim.ids_for(self, order)))
             self.send(M.commission_report(e))
         self.send(M.execution_data_end(rid))
