@@ -54,10 +54,12 @@ def test_status_changes_are_reported_once():
 
 
 def test_open_order_then_status_is_one_change():
-    """openOrder (PreSubmitted) then orderStatus (PreSubmitted): one event, the second adds nothing."""
+    """openOrder (Filled, no fill price) then orderStatus (Filled at 210.4): one event, from the orderStatus."""
     book = OrderBook()
-    assert book.on_open_order(info())["status"] == "PreSubmitted"
-    assert book.on_status(status(st_="PreSubmitted")) is None
+    assert book.on_open_order(info(status="Filled")) is None
+    ev = book.on_status(status(st_="Filled", filled=100, remaining=0, avg=210.4))
+    assert (ev["status"], ev["avgFillPrice"]) == ("Filled", 210.4)
+    assert book.on_status(status(st_="Filled", filled=100, remaining=0, avg=210.4)) is None
 
 
 def test_expected_order_is_found_by_ref_before_tws_answers():
@@ -109,7 +111,8 @@ def test_completed_orders_leave_the_open_list_but_keep_their_ref():
     """A completed (Filled) order is not open; its ref still blocks a repeat."""
     book = OrderBook()
     book.on_open_order(info())
-    book.on_completed(info(status="Filled", completed=True, filled=100.0))
+    ev = book.on_completed(info(status="Filled", completed=True, filled=100.0))
+    assert (ev["status"], ev["filled"], ev["remaining"]) == ("Filled", 100.0, 0.0)
     assert book.open_orders() == [] and book.find_ref("r1").status == "Filled"
     assert book.find_ref("r1").filled == 100.0
 

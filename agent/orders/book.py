@@ -154,9 +154,22 @@ class OrderBook:
     # --- what TWS says -------------------------------------------------------------------------------------
 
     def on_open_order(self, info: OrderInfo) -> dict | None:
+        """openOrder: the order's terms and state. It reports no change itself: TWS follows every openOrder with an
+        orderStatus that carries the fill figures (reporting both would say "Filled" twice)."""
+        self._apply_order(info)
+        return None
+
+    def on_completed(self, info: OrderInfo) -> dict | None:
+        """completedOrder: read on a sync, with no orderStatus after it, so its final state is reported here (an
+        order that ended while the agent was away is news)."""
+        e = self._apply_order(info)
+        return self._changed(e) if e is not None else None
+
+    def _apply_order(self, info: OrderInfo) -> BookEntry | None:
         if info.ticket.what_if:
             return None                 # a margin preview: never an order
         e = self._locate(info.client_id, info.order_id, info.perm_id)
+        resized = e.ticket is not None and e.ticket.quantity != info.ticket.quantity
         e.contract, e.ticket = info.contract, info.ticket
         if info.warning_text:
             e.warning_text = info.warning_text
@@ -166,12 +179,9 @@ class OrderBook:
             e.filled = info.filled
         if info.status:
             e.status = info.status
-        if e.remaining is None or info.completed:
+        if e.remaining is None or info.completed or resized:
             e.remaining = max(info.ticket.quantity - e.filled, 0.0)
-        return self._changed(e)
-
-    def on_completed(self, info: OrderInfo) -> dict | None:
-        return self.on_open_order(info)
+        return e
 
     def on_status(self, st: OrderStatusInfo) -> dict | None:
         e = self._locate(st.client_id, st.order_id, st.perm_id)

@@ -101,6 +101,8 @@ class OrderDesk:
                 fut = self._previews.get(info.order_id)
                 if fut is not None and not fut.done():
                     fut.set_result(info)
+            elif kind == "completed_order":
+                event = self.book.on_completed(info)
             else:
                 event = self.book.on_open_order(info)
         elif kind == "status":
