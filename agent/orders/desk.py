@@ -127,7 +127,7 @@ class OrderDesk:
         entry = self.book.on_message(msg, client_id=self._client_id)
         if entry is None:
             log.warning("TWS %d about id %d: %s", msg.code, msg.order_id, msg.message)
-        elif warning:
+        elif warning and msg.code != 202:          # 202 "Order Canceled": the cancel's own line says it
             log.info("TWS %d about order %d: %s", msg.code, msg.order_id, msg.message)
         else:
             log.debug("TWS %d about order %d: %s", msg.code, msg.order_id, msg.message)
