@@ -322,3 +322,56 @@ def test_placement_answer_shape():
     a = Placement(e, "placed", "ok").answer()
     assert {"orderId", "status", "filled", "remaining", "avgFillPrice", "permId", "warningText"} <= set(a)
     assert dataclasses.asdict(e.ticket)["order_ref"] == a["orderRef"] == "r"
+
+
+async def test_a_warning_is_not_a_rejection():
+    """An at-the-open order: TWS warns (399) and holds it PreSubmitted; the answer is a placed order carrying the
+    warning, never a failure."""
+    async with desk_stack() as s:
+        r = await place(s.desk, SPY, {"action": "BUY", "quantity": 1, "order_type": "LMT", "lmt_price": 100.0,
+                                      "tif": "OPG"})
+        a = r.answer()
+        assert r.outcome == "placed" and a["status"] == "PreSubmitted" and "until the market opens" in a["warningText"]
+        assert sim_orders(s.sim, order_ref="t-1")[0].status == "PreSubmitted"
+
+
+async def test_the_book_is_re_read_after_tws_reports_data_lost():
+    """An order cancelled while TWS told us nothing is seen as Cancelled after 1101 (the book is re-read) and
+    the change is pushed once."""
+    async with desk_stack() as s:
+        r = await place(s.desk, SPY, {"action": "BUY", "quantity": 1, "order_type": "LMT", "lmt_price": 100.0})
+        so = sim_orders(s.sim, order_ref="t-1")[0]
+        s.sim.withhold_order_status = True
+        s.sim.cancel(so)
+        s.sim.withhold_order_status = False
+        assert r.entry.status == "Submitted"
+        await s.sim.nightly_reset(data_lost=True, outage=0.05)
+        await until(lambda: r.entry.status == "Cancelled")
+        assert [e["status"] for e in s.events("order_status") if e["orderId"] == r.entry.order_id][-1] == "Cancelled"
+        assert s.desk.book.open_orders() == []
+
+
+async def test_each_order_outcome_is_one_console_line_without_the_key(caplog):
+    """Placed, refused, changed and cancelled: one line each from agent.orders, naming account, side, quantity,
+    symbol, type, price and ref; the provider key appears nowhere."""
+    import logging
+    caplog.set_level(logging.INFO, logger="agent.orders")
+    async with desk_stack() as s:
+        key = s.desk.settings.provider_key.get_secret_value()
+        r = await place(s.desk, SPY, {"action": "BUY", "quantity": 2, "order_type": "LMT", "lmt_price": 100.0},
+                        ref="line-1")
+        c, t = ticket_for(s.desk, SPY, {"action": "BUY", "quantity": 3, "order_type": "LMT", "lmt_price": 100.5})
+        await s.desk.modify(r.entry.order_id, c, t, timeout=5.0)
+        await s.desk.cancel(r.entry.order_id)
+        with pytest.raises(OrderRefused):
+            await place(s.desk, SPY, {"action": "BUY", "quantity": 1, "order_type": "LMT", "lmt_price": 100.004},
+                        ref="line-2")
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "agent.orders"]
+    placed = [x for x in lines if x.startswith("Order placed:")]
+    assert placed == [f"Order placed: DU1234567 BUY 2 SPY LMT 100 DAY ref line-1: order {r.entry.order_id}, "
+                      f"Submitted (0 of 2 filled)"]
+    assert len([x for x in lines if x.startswith("Order changed:")]) == 1
+    assert len([x for x in lines if x.startswith("Order cancelled:")]) == 1
+    rejected = [x for x in lines if x.startswith("Order rejected by IB:")]
+    assert len(rejected) == 1 and "ref line-2" in rejected[0] and "110" in rejected[0]
+    assert not any(key in x for x in lines)

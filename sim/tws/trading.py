@@ -105,6 +105,11 @@ class OrderHandlers:
             return
         order.status = "PreSubmitted"
         sim._publish_order(order)
+        if order.tif == "OPG":
+            # An at-the-open order waits, PreSubmitted, for an opening auction the simulator never holds.
+            self.error(oid, 399, "Order Message:\nWarning: your order will not be placed at the exchange until "
+                                 "the market opens.")
+            return
         sim._spawn(sim._submit(order), name=f"sim-submit-{order.perm_id}")   # orders outlive the session
 
     def cancel_order(self, fields: list[str]) -> None:
