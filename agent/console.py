@@ -13,7 +13,7 @@ import logging.handlers
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable, Sequence, TextIO
 
 LOG_FILE = "agent.log"
 REDACTED = "***"
@@ -144,6 +144,18 @@ def teardown_logging() -> None:
         if getattr(h, _HANDLER_TAG, False):
             root.removeHandler(h)
             h.close()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table with right-aligned columns (the demo's and the order files' printouts)."""
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, cell in enumerate(r):
+            widths[i] = max(widths[i], len(cell))
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)
 
 
 # --- the sentences a trader reads (one per state change) ---------------------------------------

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from agent.console import table
+
 DEMO_KEY = "demo-provider-key-0000"     # the reference relay accepts this key and nothing else
 DEAL_TICKER, DEAL_PRICE = "JNPR", 40.0
 SELL_TICKER = "AAPL"
@@ -108,18 +110,6 @@ def _fmt(v: Any, kind: str = "num") -> str:
     if isinstance(v, (int, float)):
         return f"{v:,.2f}"
     return str(v)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table with right-aligned columns."""
-    widths = [len(h) for h in headers]
-    for r in rows:
-        for i, cell in enumerate(r):
-            widths[i] = max(widths[i], len(cell))
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    out = [line(headers), "  ".join("-" * w for w in widths)]
-    out.extend(line(r) for r in rows)
-    return "\n".join(out)
 
 
 def chain_table(data: dict, max_rows: int = 24) -> str:

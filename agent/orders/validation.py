@@ -47,7 +47,8 @@ RELAY_FIELDS: dict[str, str] = {
 }
 # An order file's columns (agent/orders/files.py); the rest keep their canonical names.
 FILE_FIELDS: dict[str, str] = {**{k: k for k in CONTRACT_KEYS + ORDER_KEYS},
-                               "symbol": "ticker", "lmt_price": "limit_price", "order_ref": "ref"}
+                               "symbol": "ticker", "lmt_price": "limit_price", "aux_price": "stop_price",
+                               "order_ref": "ref"}
 
 # relay payload key -> canonical key (relay-protocol.md "contract" and "order")
 _RELAY_CONTRACT = {"symbol": "symbol", "secType": "sec_type", "exchange": "exchange", "currency": "currency",
@@ -245,7 +246,7 @@ def _check_contract(c: _Checker, raw: Mapping[str, Any], today: _dt.date) -> Con
                     primary_exchange=prim or "", trading_class=tclass or "", local_symbol=local or "")
 
 
-def _check_order(c: _Checker, raw: Mapping[str, Any], accounts: Sequence[str]) -> OrderTicket | None:
+def _check_order(c: _Checker, raw: Mapping[str, Any], accounts: Sequence[str] | None) -> OrderTicket | None:
     n0 = len(c.problems)
     action_raw = raw.get("action")
     if isinstance(action_raw, str) and action_raw.strip().upper() == "SSHORT":
@@ -302,8 +303,10 @@ def _check_order(c: _Checker, raw: Mapping[str, Any], accounts: Sequence[str]) -
             ref = ref_raw.strip()
 
     account = c.text("account", raw.get("account"), limit=32)
-    managed = [a for a in accounts if a]
-    if account:
+    managed = [a for a in accounts or () if a]
+    if accounts is None:
+        pass            # not known yet (an order file read before connecting): checked on the second reading
+    elif account:
         if account not in {a.upper() for a in managed}:
             listing = ", ".join(managed) if managed else "none reported yet"
             c.bad("account", f"{shown(raw.get('account'))} is not an account this TWS login manages ({listing})")
@@ -323,8 +326,9 @@ def _check_order(c: _Checker, raw: Mapping[str, Any], accounts: Sequence[str]) -
 
 
 def check_order(contract: Mapping[str, Any], order: Mapping[str, Any], *, today: _dt.date,
-                accounts: Sequence[str], fields: Mapping[str, str] = RELAY_FIELDS) -> OrderCheck:
-    """Every problem with this contract and order, or the validated ``Contract`` and ``OrderTicket``."""
+                accounts: Sequence[str] | None, fields: Mapping[str, str] = RELAY_FIELDS) -> OrderCheck:
+    """Every problem with this contract and order, or the validated ``Contract`` and ``OrderTicket``.
+    ``accounts``: the accounts TWS manages; None = not known yet (the account is then not checked)."""
     c = _Checker(fields)
     con = _check_contract(c, contract, today)
     ticket = _check_order(c, order, accounts)
