@@ -99,6 +99,10 @@ class OrderBook:
                 return e
         return None
 
+    def entries(self) -> list[BookEntry]:
+        """Every order the book knows of, oldest first."""
+        return list(self._entries)
+
     def open_orders(self) -> list[BookEntry]:
         return [e for e in self._entries if e.working and e.acknowledged]
 
@@ -199,7 +203,10 @@ class OrderBook:
             action = "BUY" if ex.side == "BOT" else "SELL"
             e.ticket = OrderTicket(action=action, quantity=ex.cum_qty or ex.shares, order_type="",
                                    account=ex.account, order_ref=ex.order_ref)
-        e.filled = max(e.filled, ex.cum_qty or ex.shares)
+        if (ex.cum_qty or ex.shares) >= e.filled:
+            e.filled = ex.cum_qty or ex.shares
+            if ex.avg_price > 0:
+                e.avg_fill_price = ex.avg_price
         return {"event": "execution", "orderId": ex.order_id, "symbol": ex.contract.symbol, "side": ex.side,
                 "shares": float(ex.shares), "price": float(ex.price), "ts": self._clock(), "execId": ex.exec_id,
                 "permId": ex.perm_id, "orderRef": ex.order_ref, "account": ex.account}

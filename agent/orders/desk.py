@@ -156,6 +156,17 @@ class OrderDesk:
         finally:
             self._waiters.discard(fut)
 
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Until ``predicate()`` holds (checked at every book change), at most ``timeout`` s."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not predicate():
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            await self._wait_change(left)
+        return True
+
     def _deadline(self, seconds: float) -> float:
         """A deadline ``seconds`` from now, cut short while the agent is stopping."""
         loop = asyncio.get_running_loop()
@@ -247,6 +258,10 @@ class OrderDesk:
     def synced(self) -> bool:
         return self._synced_connection is not None and \
             self._synced_connection == getattr(self.bridge, "connection_id", None)
+
+    async def wait_synced(self, timeout: float) -> None:
+        """Until the book holds this connection's lists (OrderRefused after ``timeout`` s)."""
+        await self._ensure_synced(self._deadline(timeout))
 
     async def _ensure_synced(self, deadline: float) -> None:
         """Until the book holds this connection's lists; refuse (nothing placed) when that cannot be had in time."""
