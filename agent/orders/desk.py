@@ -90,6 +90,7 @@ class OrderDesk:
         self._stop_deadline: float | None = None
         self.stopping = False
         self._said_accounts: tuple | None = None
+        self._sync_lock = asyncio.Lock()
         bridge.order_listener = self._on_tws
 
     # ------------------------------------------------------------------ what TWS says
@@ -226,7 +227,11 @@ class OrderDesk:
                 return
 
     async def _sync(self) -> bool:
-        """Re-read TWS's open orders, today's completed orders and executions into the book."""
+        """Re-read TWS's open orders, today's completed orders and executions into the book (one at a time)."""
+        async with self._sync_lock:
+            return await self._sync_once()
+
+    async def _sync_once(self) -> bool:
         connection = getattr(self.bridge, "connection_id", None)
         if not self.bridge.connected or connection is None:
             return False
