@@ -12,7 +12,6 @@ honest refusals of the order types this release does not carry.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,11 +21,13 @@ from pydantic import ValidationError
 
 from agent import VERSION
 from agent import console
+from agent.echo import echo
 from agent.errors import AgentError, IBDisconnected, IBError, OrderRefused
 from agent.pacer import current_flow
-from agent.protocol import (CancelOrderPayload, EmptyPayload, ModifyOrderPayload, OpenOrdersPayload, Payload,
-                            PlaceOrderPayload, ReconnectPayload, RequestFrame, TimeoutPayload,
-                            describe_validation_error, response_error, response_ok)
+from agent.protocol import (MAX_REQUEST_ID, CancelOrderPayload, EmptyPayload, FrameRejected, ModifyOrderPayload,
+                            OpenOrdersPayload, Payload, PlaceOrderPayload, ReconnectPayload, RequestFrame,
+                            TimeoutPayload, decode_frame, describe_validation_error, response_error, response_ok,
+                            sniff_request_id)
 
 log = logging.getLogger("agent.dispatch")
 
@@ -122,6 +123,10 @@ class Dispatcher:
         except AttributeError:
             return []
 
+    def _error(self, rid: str, text: str, code: int | None = None) -> dict:
+        """A success:false answer; the key never rides back, even when the input carried it."""
+        return response_error(rid, console.redact(text, self._secrets()), code)
+
     async def handle(self, raw: str | bytes | dict) -> dict | None:
         """The response frame for one request frame (None when there is nobody to answer). Never raises."""
         try:
@@ -132,61 +137,72 @@ class Dispatcher:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             log.exception("dispatcher failed on a frame")
-            rid = raw.get("request_id") if isinstance(raw, dict) else None
-            if isinstance(rid, str) and rid:
-                return response_error(rid, describe_error(e)[0])
+            rid = _readable_id(raw)
+            if rid is not None:
+                return self._error(rid, describe_error(e)[0])
             return None
 
     async def _handle(self, raw: str | bytes | dict) -> dict | None:
-        # 1. the frame
-        if isinstance(raw, (str, bytes)):
+        # 1. the frame: bounded (size, depth) before it is parsed
+        if isinstance(raw, (str, bytes, bytearray)):
             try:
-                obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                log.warning("Ignored a relay frame that is not JSON (%s): %.200r", e, raw)
-                return None
+                obj = decode_frame(raw)
+            except FrameRejected as e:
+                if e.request_id is None:
+                    log.warning("Ignored a relay frame: %s", e.reason)
+                    return None
+                log.warning("Malformed request %s: %s", echo(e.request_id), e.reason)
+                return self._error(e.request_id, f"Malformed request: {e.reason}")
         else:
             obj = raw
         if not isinstance(obj, dict):
-            log.warning("Ignored a relay frame that is not a JSON object: %.200r", obj)
+            log.warning("Ignored a relay frame that is not a JSON object: %s", echo(obj))
             return None
         rid = obj.get("request_id")
         if not isinstance(rid, str) or not rid.strip():
-            log.warning("Ignored a relay request without a request_id (type %r, request_type %r)",
-                        obj.get("type"), obj.get("request_type"))
+            log.warning("Ignored a relay request without a request_id (type %s, request_type %s)",
+                        echo(obj.get("type")), echo(obj.get("request_type")))
+            return None
+        if len(rid) > MAX_REQUEST_ID:
+            # Echoing it back would make the answer as large as the input: nobody to answer.
+            log.warning("Ignored a relay request whose request_id is %s characters long (at most %d): %s",
+                        f"{len(rid):,}", MAX_REQUEST_ID, echo(rid))
             return None
         if obj.get("type", "request") != "request":
             return None
         try:
-            frame = RequestFrame.model_validate({"type": "request", **obj})
+            # pydantic refuses a string no encoder can write (a lone surrogate, which JSON allows): the id is
+            # checked above and validated here in its escaped form; answers carry the relay's own id.
+            safe_id = rid.encode("ascii", "backslashreplace").decode("ascii")[:MAX_REQUEST_ID]
+            frame = RequestFrame.model_validate({**obj, "type": "request", "request_id": safe_id})
         except ValidationError as e:
             problem = describe_validation_error(e)
             if "payload" in problem:
                 problem = f"payload must be a JSON object ({problem})"
-            log.warning("Malformed request %s: %s", rid, problem)
-            return response_error(rid, f"Malformed request: {problem}")
+            log.warning("Malformed request %s: %s", echo(rid), problem)
+            return self._error(rid, f"Malformed request: {problem}")
 
         # 2. the route
         rtype = frame.canonical_type
         route = self.routes.get(rtype)
         if route is None:
-            log.warning("Unknown request type %r (request %s)", frame.request_type, rid)
-            return response_error(rid, f"Unknown request type '{frame.request_type}'. This agent "
-                                       f"(version {VERSION}) knows: {', '.join(self.known_types)}")
+            log.warning("Unknown request type %s (request %s)", echo(frame.request_type), echo(rid))
+            return self._error(rid, f"Unknown request type {echo(frame.request_type, 100)}. This agent "
+                                    f"(version {VERSION}) knows: {', '.join(self.known_types)}")
 
         # 3. the payload
         try:
             payload = route.model.model_validate(frame.payload)
         except ValidationError as e:
             problem = describe_validation_error(e)
-            log.warning("Invalid %s request %s: %s", rtype, rid, problem)
-            return response_error(rid, f"Invalid {rtype} request: {problem}")
+            log.warning("Invalid %s request %s: %s", rtype, echo(rid), problem)
+            return self._error(rid, f"Invalid {rtype} request: {problem}")
 
         # 4. IB must be there for most types: say so at once rather than wait for the deadline.
         bridge = self.ctx.bridge
         if route.needs_ib and not getattr(bridge, "connected", False):
             log.info(console.failed(rtype, 0, "IB not connected"))
-            return response_error(rid, IB_NOT_CONNECTED)
+            return self._error(rid, IB_NOT_CONNECTED)
 
         # 5. run it under its deadline, as its own pacing flow
         deadline = route.deadline(payload) if callable(route.deadline) else float(route.deadline)
@@ -201,9 +217,9 @@ class Dispatcher:
             msg = (f"{rtype} timed out after {deadline:.0f} s: IB did not answer in time. TWS may be busy or "
                    f"its data farms slow; try again, or ask for fewer contracts")
             log.warning(console.failed(rtype, ms, f"timed out after {deadline:.0f} s"))
-            return response_error(rid, msg)
+            return self._error(rid, msg)
         except asyncio.CancelledError:
-            log.info("request %s %s cancelled (relay connection closed or agent stopping)", rtype, rid)
+            log.info("request %s %s cancelled (relay connection closed or agent stopping)", rtype, echo(rid))
             raise
         except Exception as e:  # noqa: BLE001 - every failure becomes an answer
             ms = (time.monotonic() - t0) * 1000
@@ -212,10 +228,10 @@ class Dispatcher:
             text = console.redact(text, self._secrets())
             if isinstance(e, AgentError):
                 log.warning(console.failed(rtype, ms, text))
-                log.debug("request %s %s failed", rtype, rid, exc_info=True)
+                log.debug("request %s %s failed", rtype, echo(rid), exc_info=True)
             else:
                 log.error(console.failed(rtype, ms, text), exc_info=True)
-            return response_error(rid, text, code)
+            return self._error(rid, text, code)
         finally:
             current_flow.reset(token)
             self.in_flight.pop(rid, None)
@@ -256,7 +272,25 @@ async def ib_reconnect(ctx: AgentContext, p: ReconnectPayload) -> dict:
         message = await asyncio.wait_for(ctx.bridge.reconnect(force=p.force), RECONNECT_WAIT)
     except asyncio.TimeoutError:
         message = f"{ctx.bridge.status_message} (still trying; the agent keeps reconnecting by itself)"
-    return {"ok": bool(ctx.bridge.connected), "message": message}
+    # The relay's ib-reconnect route reads success and connected (an answer with ok alone read as failed and
+    # showed IB as disconnected); ok stays for agents' tools that read it.
+    connected = bool(ctx.bridge.connected)
+    return {"success": connected, "connected": connected, "reconnecting": bool(ctx.bridge.reconnecting),
+            "message": message, "ok": connected}
+
+
+def _readable_id(raw: Any) -> str | None:
+    """The request_id to answer when the dispatcher itself failed: only one that is a short, non-empty string."""
+    if isinstance(raw, dict):
+        rid = raw.get("request_id")
+    elif isinstance(raw, (str, bytes, bytearray)):
+        try:
+            rid = sniff_request_id(raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001
+            rid = None
+    else:
+        rid = None
+    return rid if isinstance(rid, str) and rid.strip() and len(rid) <= MAX_REQUEST_ID else None
 
 
 def _contract_dict(c) -> dict:
