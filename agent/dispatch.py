@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from agent import VERSION
 from agent import console
+from agent.admission import Admission
 from agent.echo import echo
 from agent.errors import AgentError, IBDisconnected, IBError, OrderRefused
 from agent.pacer import current_flow
@@ -100,8 +101,12 @@ def describe_error(exc: BaseException) -> tuple[str, int | None]:
 
 
 class Dispatcher:
-    def __init__(self, ctx: AgentContext):
+    def __init__(self, ctx: AgentContext, admission: Admission | None = None):
         self.ctx = ctx
+        # Bulk requests are admitted up front or answered "busy" at once (agent/admission.py); the pacer sends
+        # about msg_rate messages per 1.1 s.
+        rate = float(getattr(ctx.settings, "msg_rate", 45.0) or 45.0) / 1.1
+        self.admission = admission if admission is not None else Admission(rate=rate)
         self.routes: dict[str, Route] = {}
         self.in_flight: dict[str, str] = {}        # request_id -> request type, for agent_state / shutdown
         self.served = 0
@@ -204,8 +209,14 @@ class Dispatcher:
             log.info(console.failed(rtype, 0, "IB not connected"))
             return self._error(rid, IB_NOT_CONNECTED)
 
-        # 5. run it under its deadline, as its own pacing flow
+        # 5. room for it before the relay stops waiting, given the bulk work already admitted
         deadline = route.deadline(payload) if callable(route.deadline) else float(route.deadline)
+        ticket, busy = self.admission.admit(rtype, payload, deadline)
+        if busy is not None:
+            log.info(console.failed(rtype, 0, busy))
+            return self._error(rid, busy)
+
+        # 6. run it under its deadline, as its own pacing flow
         token = current_flow.set(rid)
         self.in_flight[rid] = rtype
         t0 = time.monotonic()
@@ -235,6 +246,7 @@ class Dispatcher:
         finally:
             current_flow.reset(token)
             self.in_flight.pop(rid, None)
+            self.admission.done(ticket)
         ms = (time.monotonic() - t0) * 1000
         self.served += 1
         (log.debug if rtype in QUIET_TYPES else log.info)(console.served(rtype, ms))
