@@ -151,6 +151,7 @@ class RelayClient:
         self._outbox: collections.deque[Frame] = collections.deque(maxlen=max_queued)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
+        self._replies: set[asyncio.Task] = set()       # "busy" answers on their way (not requests in flight)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._guidance_shown = False
@@ -363,17 +364,21 @@ class RelayClient:
                     self._busy(ws, frame)
                     continue
                 self._track(self._serve(ws, frame), f"request-{echo(frame.get('request_id'))[:40]}")
+                # Let it start before reading on: websockets hands over buffered frames without yielding, so
+                # a burst of thousands would otherwise all be in flight before the first is answered.
+                await asyncio.sleep(0)
             elif kind in ("heartbeat_ack", "auth_response", "pong"):
                 continue
             else:
                 log.debug("relay frame of type %s ignored", echo(kind))
         # the iterator ends on a normal close: the session is over
 
-    def _track(self, coro, name: str) -> None:
+    def _track(self, coro, name: str, tasks: set[asyncio.Task] | None = None) -> None:
+        tasks = self._inflight if tasks is None else tasks
         task = asyncio.ensure_future(coro)
         task.set_name(name)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _busy(self, ws, frame: dict) -> None:
         """Too many requests in flight: answer at once rather than queue without bound (the dispatcher and
@@ -382,7 +387,7 @@ class RelayClient:
         if isinstance(rid, str) and 0 < len(rid) <= 200:
             text = (f"busy: {len(self._inflight):,} requests ahead, retry in about 5 s (the agent answers at "
                     f"most {self.max_in_flight:,} at once)")
-            self._track(self._reply(ws, response_error(rid, text)), "request-busy")
+            self._track(self._reply(ws, response_error(rid, text)), "request-busy", self._replies)
 
     async def _reply(self, ws, response: dict) -> None:
         try:

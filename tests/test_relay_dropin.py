@@ -4,6 +4,7 @@ relay session, no boot phase left after a relay restart, and the close code of a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ import ib_data_agent
 from agent.daemon import Daemon
 from agent.settings import load_settings
 from sim.relay import ReferenceRelay
-from test_daemon_e2e import KEY, DownBridge, fast_relay_options, http, stack, stop
+from test_daemon_e2e import KEY, DownBridge, fast_relay_options, http, next_weekday_in, stack, stop, until
 
 
 def phases(relay: ReferenceRelay, start: int = 0) -> list[str]:
@@ -130,3 +131,23 @@ async def test_signal_closes_the_relay_socket_with_1001(tmp_path, sig):
                 await proc.wait()
         await relay._wait_until(lambda: relay.close_codes, 5)
         assert rc == 0 and relay.close_codes == [1001]
+
+
+async def test_ctrl_c_words_and_lines_agree(tmp_path):
+    """Item 8: the daemon's docstring says what Ctrl+C does with market-data lines, and it is so: no cancelMktData
+    goes out on the way (the socket drops at once) and TWS frees every line of the closed client."""
+    import agent.daemon
+    doc = " ".join(agent.daemon.__doc__.split())
+    assert "not cancelled one by one on the way out" in doc and "TWS frees every line" in doc
+    async with stack(tmp_path) as (sim, relay, d, task):
+        status, q = await http(relay, "POST", "stock-quote", {"ticker": "AAPL"})
+        await sim.set_farm("usfarm", up=False)                   # quotes held back: lines stay open
+        fetch = asyncio.create_task(relay.request("fetch_chain", {
+            "ticker": "AAPL", "dealPrice": q["price"], "expectedCloseDate": next_weekday_in(20)}, timeout=30))
+        await until(lambda: sim.stats()["active_lines"] > 0)
+        sent = sim.stats()["messages_received"]
+        await stop(task)
+        with contextlib.suppress(Exception):
+            await fetch
+        await until(lambda: sim.stats()["active_lines"] == 0)
+        assert sim.stats()["messages_received"] == sent         # nothing sent after the stop: no cancels
