@@ -35,6 +35,17 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def redact_frame(raw: str | bytes | bytearray, secrets: Iterable[str]) -> str | bytes:
+    """A raw relay frame with every secret replaced by *** before it is parsed: an echo of input cuts long values,
+    and a key cut in two would escape the redaction of whole ones."""
+    if isinstance(raw, (bytes, bytearray)):
+        for s in secrets:
+            if s and len(s) >= 4 and s.encode() in raw:
+                raw = bytes(raw).replace(s.encode(), REDACTED.encode())
+        return raw
+    return redact(raw, secrets)
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites each record so that no secret survives in its message, arguments or traceback."""
 

@@ -27,8 +27,8 @@ from agent.errors import AgentError, IBDisconnected, IBError, OrderRefused
 from agent.pacer import current_flow
 from agent.protocol import (MAX_REQUEST_ID, CancelOrderPayload, EmptyPayload, FrameRejected, ModifyOrderPayload,
                             OpenOrdersPayload, Payload, PlaceOrderPayload, ReconnectPayload, RequestFrame,
-                            TimeoutPayload, decode_frame, describe_validation_error, response_error, response_ok,
-                            sniff_request_id)
+                            TimeoutPayload, answerable_id, decode_frame, describe_validation_error, response_error,
+                            response_ok, sniff_request_id)
 
 log = logging.getLogger("agent.dispatch")
 
@@ -143,17 +143,18 @@ class Dispatcher:
                 raise
             log.exception("dispatcher failed on a frame")
             rid = _readable_id(raw)
-            if rid is not None:
+            if answerable_id(rid, self._secrets()):
                 return self._error(rid, describe_error(e)[0])
             return None
 
     async def _handle(self, raw: str | bytes | dict) -> dict | None:
-        # 1. the frame: bounded (size, depth) before it is parsed
+        # 1. the frame: bounded (size, depth) before it is parsed; the key replaced before anything can echo a
+        #    piece of it (an echo cuts long values, and a cut key would escape the redaction of whole ones)
         if isinstance(raw, (str, bytes, bytearray)):
             try:
-                obj = decode_frame(raw)
+                obj = decode_frame(console.redact_frame(raw, self._secrets()))
             except FrameRejected as e:
-                if e.request_id is None:
+                if not answerable_id(e.request_id, self._secrets()):
                     log.warning("Ignored a relay frame: %s", e.reason)
                     return None
                 log.warning("Malformed request %s: %s", echo(e.request_id), e.reason)
@@ -168,10 +169,10 @@ class Dispatcher:
             log.warning("Ignored a relay request without a request_id (type %s, request_type %s)",
                         echo(obj.get("type")), echo(obj.get("request_type")))
             return None
-        if len(rid) > MAX_REQUEST_ID:
-            # Echoing it back would make the answer as large as the input: nobody to answer.
-            log.warning("Ignored a relay request whose request_id is %s characters long (at most %d): %s",
-                        f"{len(rid):,}", MAX_REQUEST_ID, echo(rid))
+        if not answerable_id(rid, self._secrets()):
+            # Echoing it back would make the answer as large as the input, or carry the key: nobody to answer.
+            log.warning("Ignored a relay request whose request_id (%s characters) is too long (at most %d) or "
+                        "carries the API key: %s", f"{len(rid):,}", MAX_REQUEST_ID, echo(rid))
             return None
         if obj.get("type", "request") != "request":
             return None

@@ -75,6 +75,14 @@ def sniff_request_id(text: str) -> str | None:
     return rid if isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID and rid.strip() else None
 
 
+def answerable_id(rid: Any, secrets: list[str] | tuple[str, ...] = ()) -> bool:
+    """Whether a request may be answered under ``rid``: a non-blank string of at most 200 characters that carries
+    no secret (an answer echoes its id, and the key never goes out, even to the relay that sent it)."""
+    if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_REQUEST_ID:
+        return False
+    return not any(s and len(s) >= 4 and s in rid for s in secrets)
+
+
 def decode_frame(raw: str | bytes) -> Any:
     """One relay frame as JSON, within bounds: size first, then nesting depth, then the parser. Raises
     FrameRejected naming the problem (and the request_id, when one can be read)."""

@@ -35,7 +35,8 @@ from agent import VERSION, console
 from agent.echo import clip, echo
 from agent.errors import RelayAuthFailed
 from agent.protocol import (MAX_FRAME_BYTES, FrameRejected, _clean, account_event_frame, accounts_frame,
-                            auth_frame, boot_phase_frame, decode_frame, heartbeat_frame, response_error)
+                            answerable_id, auth_frame, boot_phase_frame, decode_frame, heartbeat_frame,
+                            response_error)
 from agent.retry import Wait, fault_of, reconnect_wait, reconnecting
 from agent.settings import is_loopback
 
@@ -345,13 +346,15 @@ class RelayClient:
 
     async def _reader(self, ws) -> None:
         loop = asyncio.get_running_loop()
+        secrets = self._secrets()
         async for raw in ws:
             self._last_heard = loop.time()      # any frame is a sign of life (acks come every heartbeat)
+            raw = console.redact_frame(raw, secrets)    # the key never rides back in an echo, whole or cut
             try:
                 frame = decode_frame(raw)
             except FrameRejected as e:
                 # Bounded before parsing: a frame of 1,000 nested brackets no longer ends the process.
-                if e.request_id is None:
+                if not answerable_id(e.request_id, secrets):
                     log.warning("Ignored a relay frame: %s", e.reason)
                 else:
                     log.warning("Malformed request %s: %s", echo(e.request_id), e.reason)
@@ -384,7 +387,7 @@ class RelayClient:
         """Too many requests in flight: answer at once rather than queue without bound (the dispatcher and
         memory would otherwise grow with any flood the relay sends)."""
         rid = frame.get("request_id")
-        if isinstance(rid, str) and 0 < len(rid) <= 200:
+        if answerable_id(rid, self._secrets()):
             text = (f"busy: {len(self._inflight):,} requests ahead, retry in about 5 s (the agent answers at "
                     f"most {self.max_in_flight:,} at once)")
             self._track(self._reply(ws, response_error(rid, text)), "request-busy", self._replies)
@@ -394,6 +397,12 @@ class RelayClient:
             await self._send(ws, response)
         except ConnectionClosed:
             log.info("answer to %s lost: the relay connection closed", echo(response.get("request_id")))
+
+    def _secrets(self) -> list[str]:
+        try:
+            return list(self.settings.secrets())
+        except AttributeError:
+            return []
 
     async def _serve(self, ws, frame: dict) -> None:
         try:

@@ -119,7 +119,7 @@ async def test_load_200_chains_and_5000_status_requests(tmp_path):
         chains = [relay.request("fetch_chain", {"ticker": "JNPR", "dealPrice": round(36.0 + 0.04 * i, 2),
                                                 "expectedCloseDate": close}) for i in range(200)]
         chain_task = asyncio.gather(*chains)
-        statuses = await asyncio.gather(*(relay.request("ib_status") for _ in range(5000)))
+        statuses = await asyncio.gather(*(relay.request("ib_status", timeout=15.0) for _ in range(5000)))
         answers = await chain_task
         stats = sim.stats()
         await asyncio.wait_for(_until(lambda: sim.stats()["active_lines"] == 0), 10)
