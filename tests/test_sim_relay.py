@@ -414,13 +414,14 @@ async def test_second_agent_joins_and_the_highest_version_takes_requests(relay):
 
 async def test_newcomer_with_a_lower_version_does_not_take_requests(relay):
     """An older agent connecting after a newer one joins but gets no requests; on equal versions the most
-    recently connected one does; a version that is not dotted integers counts as 0."""
+    recently connected one does; a version that is not dotted integers ties with any (the later one wins)."""
     newer = await start_agent(relay, tagged("2.0.0"), version="2.0.0")
     older = await start_agent(relay, tagged("1.39.2"), version="1.39.2")
     assert (await relay.request("ib_status"))["data"] == {"agent": "2.0.0"}
     twin = await start_agent(relay, tagged("2.0.0 later"), version="2.0.0")
     assert (await relay.request("ib_status"))["data"] == {"agent": "2.0.0 later"}
-    assert routes.version_key("2.0.0-beta") == (0,) and routes.version_key("1.39.2") == (1, 39, 2)
+    assert routes.outranks("doctor", "2.0.0") and routes.outranks("2.0.0", "2.0.0")
+    assert not routes.outranks("1.39.2", "2.0.0") and routes.outranks("2.0.10", "2.0.9")
     for agent in (newer, older, twin):
         await agent.close()
 

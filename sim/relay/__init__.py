@@ -58,8 +58,8 @@ Behaviour (as the cloud): the first message must be ``{"type":"auth","api_key","
 "Invalid API key", then a normal close (1000). ``heartbeat`` is answered with ``heartbeat_ack``; a provider that
 sends no heartbeat for more than ``heartbeat_timeout`` is closed (1000) and its pending requests fail with
 "Provider disconnected". WebSocket pings every ``ping_interval`` s. Several agents may be connected for the key
-(one user): requests go to the one with the highest ``version`` (dotted integers; anything else counts as 0), the
-most recently connected on a tie; the others stay connected and take over when it leaves. Each agent's last
+(one user): requests go to the one with the highest ``version`` (dotted integers), the most recently connected on
+a tie (a version that is not dotted integers ties with any other); the others stay connected and take over when it leaves. Each agent's last
 ``boot_phase`` is shown in ib-status (``boot_phase``) until that agent sends ``boot_complete``.
 
 HTTP (JSON body → payload; GET query string → payload; the relay adds ``_priority``):

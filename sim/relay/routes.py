@@ -61,12 +61,16 @@ IB_STATUS_PATH = f"{PREFIX}/ib-status"
 IB_RECONNECT_PATH = f"{PREFIX}/ib-reconnect"
 
 
-def version_key(version: Any) -> tuple[int, ...]:
-    """An agent version for routing, as the cloud compares them: dotted integers; anything else is (0,)."""
+def outranks(newer: Any, older: Any) -> bool:
+    """Whether an agent that connected later takes routing from one that connected before, as the cloud decides:
+    versions compared as dotted integers, the later one winning a tie; when either version is not dotted
+    integers, the two tie (so the later one wins)."""
     try:
-        return tuple(int(x) for x in str(version).split("."))
+        new = tuple(int(x) for x in str(newer).split("."))
+        old = tuple(int(x) for x in str(older).split("."))
     except (TypeError, ValueError):
-        return (0,)
+        return True
+    return new >= old
 
 
 def reconnect_answer(frame: Mapping[str, Any]) -> dict:

@@ -176,11 +176,12 @@ class ReferenceRelay:
     @property
     def _provider(self) -> _Provider | None:
         """The agent requests go to: the highest version, the most recently connected on a tie (the cloud's
-        rule; a version that is not dotted integers counts as 0)."""
-        live = [p for p in self._providers if not p.gone]
-        if not live:
-            return None
-        return max(enumerate(live), key=lambda ip: (routes.version_key(ip[1].version), ip[0]))[1]
+        rule, routes.outranks)."""
+        best = None
+        for p in self._providers:              # in the order they connected
+            if not p.gone and (best is None or routes.outranks(p.version, best.version)):
+                best = p
+        return best
 
     @property
     def providers(self) -> list[dict]:
