@@ -393,7 +393,7 @@ class ReferenceRelay:
         try:
             async for msg in provider.ws:
                 if provider.silenced is not None:
-                    await provider.silenced.wait()      # never set: silent until dropped
+                    await provider.silenced.wait()      # set only when it is dropped: silent until then
                 if msg.type == WSMsgType.TEXT:
                     frame = self._parse(msg.data)
                     if frame is None:
@@ -467,6 +467,8 @@ class ReferenceRelay:
         if provider.gone:
             return
         provider.gone = True
+        if provider.silenced is not None:
+            provider.silenced.set()             # its handler may now see the close and end
         if provider in self._providers:
             self._providers.remove(provider)
         for fut in list(provider.pending.values()):
