@@ -3,9 +3,13 @@
 Parts: the pacer (shared by every request), the TWS bridge (its supervisor reconnects forever), the option
 scanner (when ib_scanner is importable), the dispatcher and the relay client. Two long-lived tasks, named
 ``tws-bridge`` and ``relay-client``, live in one task group: the first failure cancels the other, and
-shutdown is cancellation (Ctrl+C / SIGTERM cancel the main task; market data lines are cancelled and TWS is
-disconnected on the way out). The relay side stays up while TWS is down: requests that need IB are answered
-at once with the "IB not connected" guidance.
+shutdown is cancellation. Ctrl+C / SIGTERM cancel the main task: the relay socket closes with 1001 (going
+away) after in-flight requests are cancelled, then the TWS socket closes. Market-data lines are not cancelled
+one by one on the way out: the supervisor, cancelled, drops the socket at once (``_shutdown(polite=False)``),
+and TWS frees every line of a client whose socket closed (the simulator's tests check that 0 lines stay
+open). Only ``bridge.close()`` outside a shutdown (nothing cancelled) sends cancelMktData first, within 0.3 s.
+The relay side stays up while TWS is down: requests that need IB are answered at once with the "IB not
+connected" guidance.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import sys
-import time
 from typing import Any, Callable, Coroutine
 
 from agent import VERSION
@@ -22,7 +25,6 @@ from agent.dispatch import AgentContext, Dispatcher, agent_state, register_core
 from agent.orders import handlers as order_handlers
 from agent.orders.desk import STOP_WAIT, OrderDesk
 from agent.pacer import Pacer
-from agent.protocol import boot_phase_frame
 from agent.relay import RelayClient
 
 log = logging.getLogger("agent.daemon")
@@ -96,7 +98,6 @@ class Daemon:
             from agent.tws import TwsBridge
             bridge_factory = TwsBridge
         self.relay: RelayClient | None = None
-        self._booted = False
         self.bridge = bridge_factory(settings, self.pacer, on_event=self._on_bridge_event)
         scanner_cls, register = _load_scanner()
         scanner = scanner_cls(self.bridge, self.pacer, **(scanner_options or {})) if scanner_cls else None
@@ -125,9 +126,8 @@ class Daemon:
     def _on_bridge_event(self, name: str, data: dict) -> None:
         """The bridge's events, on to the relay (the bridge prints its own console line per TWS state change)."""
         try:
-            if name == "tws_connected" and not self._booted:
-                self._booted = True
-                self._push(boot_phase_frame("boot_complete", "connected to TWS", 1.0, time.time()))
+            # boot_complete is the relay client's, after every authentication (the relay showed "starting…"
+            # after any relay restart while this sent it once per process).
             self.orders.on_bridge_event(name, data)
             if self.relay is not None:
                 self.relay.on_bridge_event(name, data)

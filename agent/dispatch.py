@@ -12,7 +12,6 @@ types live in agent/orders/handlers.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,10 +21,13 @@ from pydantic import ValidationError
 
 from agent import VERSION
 from agent import console
+from agent.admission import Admission
+from agent.echo import echo
 from agent.errors import AgentError, IBDisconnected, IBError
 from agent.pacer import current_flow
-from agent.protocol import (EmptyPayload, Payload, ReconnectPayload, RequestFrame, TimeoutPayload, contract_dict,
-                            describe_validation_error, response_error, response_ok)
+from agent.protocol import (MAX_REQUEST_ID, EmptyPayload, FrameRejected, Payload, ReconnectPayload, RequestFrame,
+                            TimeoutPayload, answerable_id, contract_dict, decode_frame, describe_validation_error,
+                            response_error, response_ok, sniff_request_id)
 
 log = logging.getLogger("agent.dispatch")
 
@@ -97,8 +99,12 @@ def describe_error(exc: BaseException) -> tuple[str, int | None]:
 
 
 class Dispatcher:
-    def __init__(self, ctx: AgentContext):
+    def __init__(self, ctx: AgentContext, admission: Admission | None = None):
         self.ctx = ctx
+        # Bulk requests are admitted up front or answered "busy" at once (agent/admission.py); the pacer sends
+        # about msg_rate messages per 1.1 s.
+        rate = float(getattr(ctx.settings, "msg_rate", 45.0) or 45.0) / 1.1
+        self.admission = admission if admission is not None else Admission(rate=rate)
         self.routes: dict[str, Route] = {}
         self.in_flight: dict[str, str] = {}        # request_id -> request type, for agent_state / shutdown
         self.served = 0
@@ -120,6 +126,10 @@ class Dispatcher:
         except AttributeError:
             return []
 
+    def _error(self, rid: str, text: str, code: int | None = None) -> dict:
+        """A success:false answer; the key never rides back, even when the input carried it."""
+        return response_error(rid, console.redact(text, self._secrets()), code)
+
     async def handle(self, raw: str | bytes | dict) -> dict | None:
         """The response frame for one request frame (None when there is nobody to answer). Never raises."""
         try:
@@ -130,64 +140,82 @@ class Dispatcher:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             log.exception("dispatcher failed on a frame")
-            rid = raw.get("request_id") if isinstance(raw, dict) else None
-            if isinstance(rid, str) and rid:
-                return response_error(rid, describe_error(e)[0])
+            rid = _readable_id(raw)
+            if answerable_id(rid, self._secrets()):
+                return self._error(rid, describe_error(e)[0])
             return None
 
     async def _handle(self, raw: str | bytes | dict) -> dict | None:
-        # 1. the frame
-        if isinstance(raw, (str, bytes)):
+        # 1. the frame: bounded (size, depth) before it is parsed; the key replaced before anything can echo a
+        #    piece of it (an echo cuts long values, and a cut key would escape the redaction of whole ones)
+        if isinstance(raw, (str, bytes, bytearray)):
             try:
-                obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                log.warning("Ignored a relay frame that is not JSON (%s): %.200r", e, raw)
-                return None
+                obj = decode_frame(console.redact_frame(raw, self._secrets()))
+            except FrameRejected as e:
+                if not answerable_id(e.request_id, self._secrets()):
+                    log.warning("Ignored a relay frame: %s", e.reason)
+                    return None
+                log.warning("Malformed request %s: %s", echo(e.request_id), e.reason)
+                return self._error(e.request_id, f"Malformed request: {e.reason}")
         else:
             obj = raw
         if not isinstance(obj, dict):
-            log.warning("Ignored a relay frame that is not a JSON object: %.200r", obj)
+            log.warning("Ignored a relay frame that is not a JSON object: %s", echo(obj))
             return None
         rid = obj.get("request_id")
         if not isinstance(rid, str) or not rid.strip():
-            log.warning("Ignored a relay request without a request_id (type %r, request_type %r)",
-                        obj.get("type"), obj.get("request_type"))
+            log.warning("Ignored a relay request without a request_id (type %s, request_type %s)",
+                        echo(obj.get("type")), echo(obj.get("request_type")))
+            return None
+        if not answerable_id(rid, self._secrets()):
+            # Echoing it back would make the answer as large as the input, or carry the key: nobody to answer.
+            log.warning("Ignored a relay request whose request_id (%s characters) is too long (at most %d) or "
+                        "carries the API key: %s", f"{len(rid):,}", MAX_REQUEST_ID, echo(rid))
             return None
         if obj.get("type", "request") != "request":
             return None
         try:
-            frame = RequestFrame.model_validate({"type": "request", **obj})
+            # pydantic refuses a string no encoder can write (a lone surrogate, which JSON allows): the id is
+            # checked above and validated here in its escaped form; answers carry the relay's own id.
+            safe_id = rid.encode("ascii", "backslashreplace").decode("ascii")[:MAX_REQUEST_ID]
+            frame = RequestFrame.model_validate({**obj, "type": "request", "request_id": safe_id})
         except ValidationError as e:
             problem = describe_validation_error(e)
             if "payload" in problem:
                 problem = f"payload must be a JSON object ({problem})"
-            log.warning("Malformed request %s: %s", rid, problem)
-            return response_error(rid, f"Malformed request: {problem}")
+            log.warning("Malformed request %s: %s", echo(rid), problem)
+            return self._error(rid, f"Malformed request: {problem}")
 
         # 2. the route
         rtype = frame.canonical_type
         route = self.routes.get(rtype)
         if route is None:
-            log.warning("Unknown request type %r (request %s)", frame.request_type, rid)
-            return response_error(rid, f"Unknown request type '{frame.request_type}'. This agent "
-                                       f"(version {VERSION}) knows: {', '.join(self.known_types)}")
+            log.warning("Unknown request type %s (request %s)", echo(frame.request_type), echo(rid))
+            return self._error(rid, f"Unknown request type {echo(frame.request_type, 100)}. This agent "
+                                    f"(version {VERSION}) knows: {', '.join(self.known_types)}")
 
         # 3. the payload
         try:
             payload = route.model.model_validate(frame.payload)
         except ValidationError as e:
             problem = describe_validation_error(e)
-            log.warning("Invalid %s request %s: %s", rtype, rid, problem)
-            return response_error(rid, f"Invalid {rtype} request: {problem}")
+            log.warning("Invalid %s request %s: %s", rtype, echo(rid), problem)
+            return self._error(rid, f"Invalid {rtype} request: {problem}")
 
         # 4. IB must be there for most types: say so at once rather than wait for the deadline.
         bridge = self.ctx.bridge
         if route.needs_ib and not getattr(bridge, "connected", False):
             log.info(console.failed(rtype, 0, "IB not connected"))
-            return response_error(rid, IB_NOT_CONNECTED)
+            return self._error(rid, IB_NOT_CONNECTED)
 
-        # 5. run it under its deadline, as its own pacing flow
+        # 5. room for it before the relay stops waiting, given the bulk work already admitted
         deadline = route.deadline(payload) if callable(route.deadline) else float(route.deadline)
+        ticket, busy = self.admission.admit(rtype, payload, deadline)
+        if busy is not None:
+            log.info(console.failed(rtype, 0, busy))
+            return self._error(rid, busy)
+
+        # 6. run it under its deadline, as its own pacing flow
         token = current_flow.set(rid)
         self.in_flight[rid] = rtype
         t0 = time.monotonic()
@@ -199,9 +227,9 @@ class Dispatcher:
             msg = (f"{rtype} timed out after {deadline:.0f} s: IB did not answer in time. TWS may be busy or "
                    f"its data farms slow; try again, or ask for fewer contracts")
             log.warning(console.failed(rtype, ms, f"timed out after {deadline:.0f} s"))
-            return response_error(rid, msg)
+            return self._error(rid, msg)
         except asyncio.CancelledError:
-            log.info("request %s %s cancelled (relay connection closed or agent stopping)", rtype, rid)
+            log.info("request %s %s cancelled (relay connection closed or agent stopping)", rtype, echo(rid))
             raise
         except Exception as e:  # noqa: BLE001 - every failure becomes an answer
             ms = (time.monotonic() - t0) * 1000
@@ -210,13 +238,14 @@ class Dispatcher:
             text = console.redact(text, self._secrets())
             if isinstance(e, AgentError):
                 log.warning(console.failed(rtype, ms, text))
-                log.debug("request %s %s failed", rtype, rid, exc_info=True)
+                log.debug("request %s %s failed", rtype, echo(rid), exc_info=True)
             else:
                 log.error(console.failed(rtype, ms, text), exc_info=True)
-            return response_error(rid, text, code)
+            return self._error(rid, text, code)
         finally:
             current_flow.reset(token)
             self.in_flight.pop(rid, None)
+            self.admission.done(ticket)
         ms = (time.monotonic() - t0) * 1000
         self.served += 1
         (log.debug if rtype in QUIET_TYPES else log.info)(console.served(rtype, ms))
@@ -254,7 +283,25 @@ async def ib_reconnect(ctx: AgentContext, p: ReconnectPayload) -> dict:
         message = await asyncio.wait_for(ctx.bridge.reconnect(force=p.force), RECONNECT_WAIT)
     except asyncio.TimeoutError:
         message = f"{ctx.bridge.status_message} (still trying; the agent keeps reconnecting by itself)"
-    return {"ok": bool(ctx.bridge.connected), "message": message}
+    # The relay's ib-reconnect route reads success and connected (an answer with ok alone read as failed and
+    # showed IB as disconnected); ok stays for agents' tools that read it.
+    connected = bool(ctx.bridge.connected)
+    return {"success": connected, "connected": connected, "reconnecting": bool(ctx.bridge.reconnecting),
+            "message": message, "ok": connected}
+
+
+def _readable_id(raw: Any) -> str | None:
+    """The request_id to answer when the dispatcher itself failed: only one that is a short, non-empty string."""
+    if isinstance(raw, dict):
+        rid = raw.get("request_id")
+    elif isinstance(raw, (str, bytes, bytearray)):
+        try:
+            rid = sniff_request_id(raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001
+            rid = None
+    else:
+        rid = None
+    return rid if isinstance(rid, str) and rid.strip() and len(rid) <= MAX_REQUEST_ID else None
 
 
 async def get_positions(ctx: AgentContext, p: TimeoutPayload) -> dict:

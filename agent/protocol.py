@@ -8,10 +8,100 @@ about what the web app's code depends on (types, dates, rights) and lenient abou
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.echo import clip, echo
+
+# --- frame bounds: checked before anything parses a frame ------------------------------------------
+
+# What the WebSocket accepts (websockets' max_size): a larger frame closes the connection with 1009, as the
+# standard says. Requests are a few kilobytes (the largest the scanner will serve is ~50 KB), so frames between
+# MAX_REQUEST_CHARS and MAX_FRAME_BYTES are read, refused with an answer, and the connection stays up.
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+MAX_REQUEST_CHARS = 1024 * 1024
+# JSON nesting a frame may have: a request is 4-5 levels deep. Python's json module recurses once per level
+# and a frame of 1,000 brackets raised RecursionError (the agent exited); the scan below runs first.
+MAX_DEPTH = 32
+MAX_REQUEST_ID = 200
+MAX_ERROR_CHARS = 2000          # an error answer's text (ours; bounded all the same)
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_REQUEST_ID = re.compile(r'"request_id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){1,%d}")' % (6 * MAX_REQUEST_ID))
+
+
+class FrameRejected(ValueError):
+    """A relay frame the agent does not parse, with the reason in words and the request_id when one could be
+    read without parsing (so the relay still gets an answer)."""
+
+    def __init__(self, reason: str, request_id: str | None = None):
+        super().__init__(reason)
+        self.reason, self.request_id = reason, request_id
+
+
+def nesting_exceeds(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON ``text`` opens more than ``limit`` arrays/objects inside each other (brackets in strings do
+    not count; an unclosed opener counts as open). Cheap: counts first, scans only the brackets if need be."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for ch in _NOT_BRACKET.sub("", _STRING.sub("", text)):
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+            if depth < 0:
+                return False        # a closer before its opener: not JSON, and json stops there without recursing
+    return False
+
+
+def sniff_request_id(text: str) -> str | None:
+    """The request_id of a frame the agent will not parse, found by a bounded pattern (None when there is none
+    or it is not a string of 1..200 characters)."""
+    m = _REQUEST_ID.search(text)
+    if m is None:
+        return None
+    try:
+        rid = json.loads(m.group(1))
+    except ValueError:
+        return None
+    return rid if isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID and rid.strip() else None
+
+
+def answerable_id(rid: Any, secrets: list[str] | tuple[str, ...] = ()) -> bool:
+    """Whether a request may be answered under ``rid``: a non-blank string of at most 200 characters that carries
+    no secret (an answer echoes its id, and the key never goes out, even to the relay that sent it)."""
+    if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_REQUEST_ID:
+        return False
+    return not any(s and len(s) >= 4 and s in rid for s in secrets)
+
+
+def decode_frame(raw: str | bytes) -> Any:
+    """One relay frame as JSON, within bounds: size first, then nesting depth, then the parser. Raises
+    FrameRejected naming the problem (and the request_id, when one can be read)."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameRejected(f"a binary frame of {len(raw):,} bytes that is not UTF-8 text") from None
+    text = raw
+    if len(text) > MAX_REQUEST_CHARS:
+        raise FrameRejected(f"the frame is {len(text):,} characters long; the agent reads at most "
+                            f"{MAX_REQUEST_CHARS:,}", sniff_request_id(text))
+    if nesting_exceeds(text):
+        raise FrameRejected(f"the frame nests JSON deeper than {MAX_DEPTH} levels", sniff_request_id(text))
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        where = f" ({clip(e.msg, 80)} at character {e.pos:,})" if isinstance(e, json.JSONDecodeError) else ""
+        raise FrameRejected(f"the frame is not JSON{where}", sniff_request_id(text)) from None
 
 # --- frames ------------------------------------------------------------------------------------
 
@@ -65,7 +155,10 @@ def response_ok(request_id: str, data: Any) -> dict:
 
 
 def response_error(request_id: str, error: str, code: int | None = None) -> dict:
-    """success:false answer. ``code`` (an IB error code or similar) rides beside ``error``; the relay ignores it."""
+    """success:false answer. ``code`` (an IB error code or similar) rides beside ``error``; the relay ignores it.
+    The text is bounded (MAX_ERROR_CHARS) whatever built it."""
+    if len(error) > MAX_ERROR_CHARS:
+        error = f"{error[:MAX_ERROR_CHARS]}… ({len(error):,} characters)"
     frame = {"type": "response", "request_id": request_id, "success": False, "data": None, "error": error}
     if code is not None:
         frame["code"] = code
@@ -116,14 +209,14 @@ def _ticker(v: Any) -> str:
         raise ValueError("ticker must be a non-empty symbol such as 'AAPL'")
     t = v.strip().upper()
     if len(t) > 12 or not all(c.isalnum() or c in ".-/ " for c in t):
-        raise ValueError(f"ticker {v!r} is not a valid symbol")
+        raise ValueError(f"ticker {echo(v)} is not a valid symbol")
     return t
 
 
 def _right(v: Any) -> str:
     if isinstance(v, str) and v.strip().upper() in ("C", "P", "CALL", "PUT"):
         return v.strip().upper()[0]
-    raise ValueError(f"right must be 'C' or 'P' (got {v!r})")
+    raise ValueError(f"right must be 'C' or 'P' (got {echo(v)})")
 
 
 def parse_expiry(v: Any) -> str:
@@ -134,7 +227,7 @@ def parse_expiry(v: Any) -> str:
             return _dt.datetime.strptime(s, fmt).strftime("%Y%m%d")
         except ValueError:
             pass
-    raise ValueError(f"expiry {v!r} is not a date in YYYYMMDD or YYYY-MM-DD form")
+    raise ValueError(f"expiry {echo(v)} is not a date in YYYYMMDD or YYYY-MM-DD form")
 
 
 # --- request payloads --------------------------------------------------------------------------
@@ -162,7 +255,7 @@ class FetchUnderlyingPayload(TickerPayload):
     def _sec_type(cls, v: Any) -> str:
         s = str(v or "STK").strip().upper()
         if s not in ("STK", "OPT", "FOP", "FUT", "CASH", "BOND", "WAR", "IND", "CFD"):
-            raise ValueError(f"secType {v!r} is not one of STK, FUT, IND, CASH, ...")
+            raise ValueError(f"secType {echo(v)} is not one of STK, FUT, IND, CASH, ...")
         return s
 
 
@@ -183,7 +276,7 @@ class FetchChainPayload(TickerPayload):
             try:
                 return _dt.date.fromisoformat(v.strip()[:10])
             except ValueError:
-                raise ValueError(f"expectedCloseDate {v!r} is not a date in YYYY-MM-DD form") from None
+                raise ValueError(f"expectedCloseDate {echo(v)} is not a date in YYYY-MM-DD form") from None
         return v
 
     @field_validator("dealPrice", mode="before")
@@ -271,9 +364,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     """A pydantic error as one sentence a person can act on: 'payload.contracts[0].right: right must be ...'."""
     parts = []
     for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-        msg = err.get("msg", "invalid")
-        msg = msg.removeprefix("Value error, ")
+        # A location may hold keys of the input (payload.<key>): escaped and cut like any input.
+        loc = ".".join(clip(str(p), 40) for p in err.get("loc", ()) if p != "__root__")
+        msg = clip(str(err.get("msg", "invalid")).removeprefix("Value error, "), 300)
         parts.append(f"{loc}: {msg}" if loc else msg)
     more = len(exc.errors()) - 3
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

@@ -1,13 +1,18 @@
 """The agent's side of the relay WebSocket: auth, heartbeat + agent_state, pushes, requests, reconnects.
 
-One session = one WebSocket: send ``auth`` first (the relay allows 10 s), wait for ``auth_response``, then
-run three tasks until the socket ends: the reader (requests become tracked tasks, answered in any order), the
-heartbeat (every 10 s a ``heartbeat`` then a fresh ``agent_state``) and the sender (queued pushes). When the
-session ends, in-flight requests are cancelled (the scanner frees their market-data lines in ``finally``).
+One session = one WebSocket: send ``auth`` first (the relay allows 10 s), wait for ``auth_response``, send
+``relay_connected`` then ``boot_complete`` (the web app's "starting" indicator clears only on the latter; TWS state
+travels in agent_state), then run four tasks until the socket ends: the reader (frames bounded before they are
+parsed; requests become tracked tasks, answered in any order), the heartbeat (every 10 s a ``heartbeat`` then a
+fresh ``agent_state``), the sender (queued pushes) and the watchdog (a relay that sends nothing, not even the
+``heartbeat_ack`` of two heartbeats, is dead although its socket looks open: laptop sleep, a dead NAT entry).
+When the session ends, in-flight requests are cancelled (the scanner frees their market-data lines in
+``finally``); on shutdown the socket closes with 1001 (going away), not 1011 (internal error).
 
-Between sessions: exponential backoff with jitter and a cap, reset after a good connection, retrying only
-the faults we expect (the websockets way). A rejected key is not a network fault: the user is told once what
-to do (naming where the key came from) and the agent waits minutes, not seconds, before trying again.
+Between sessions (agent/retry.py, tenacity): a connection that was up reconnects at once; failed attempts wait
+a random first delay, then growing delays to a 10 s cap (back within seconds of a relay deploy), retrying only the
+faults we expect (the websockets way). A rejected key is not a network fault: the user is told once what to do
+(naming where the key came from) and the agent waits minutes, not seconds, before trying again.
 """
 
 from __future__ import annotations
@@ -17,19 +22,22 @@ import collections
 import inspect
 import json
 import logging
-import random
 import ssl
 import threading
 import time
 from typing import Any, Awaitable, Callable, Union
 
+from tenacity import RetryCallState
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from agent import VERSION, console
+from agent.echo import clip, echo
 from agent.errors import RelayAuthFailed
-from agent.protocol import (_clean, account_event_frame, accounts_frame, auth_frame, boot_phase_frame,
-                            heartbeat_frame)
+from agent.protocol import (MAX_FRAME_BYTES, FrameRejected, _clean, account_event_frame, accounts_frame,
+                            answerable_id, auth_frame, boot_phase_frame, decode_frame, heartbeat_frame,
+                            response_error)
+from agent.retry import Wait, fault_of, reconnect_wait, reconnecting
 from agent.settings import is_loopback
 
 log = logging.getLogger("agent.relay")
@@ -40,6 +48,12 @@ AUTH_FAILED_GUIDANCE = ("Authentication failed — the relay rejected the API ke
                         "MA Tracker web app.{env_hint} Retrying in {retry:.0f} min.")
 ENV_HINT = (" Note: IB_PROVIDER_KEY is set in your environment and overrides config.env — if config.env has the "
             "fresh key, remove the environment variable (unset IB_PROVIDER_KEY) and restart the agent.")
+
+# The relay's reconnect delays: a random first one (1-1.5 s), then 2, 4, 8 s, then every 10 s. The cap is what
+# bounds "back after the relay returns": at most 10 s plus the handshake (15 s is the promise).
+RELAY_WAIT = reconnect_wait(first=1.0, factor=2.0, cap=10.0)
+STABLE_AFTER = 10.0      # a connection up for less than this ends like a failed attempt: delays keep growing
+BUSY_IN_FLIGHT = 2000    # requests in flight beyond which a new one is answered "busy" at once (bounded memory)
 
 # What a session may end with and still deserve a quiet retry. Anything else is a bug and propagates.
 EXPECTED = (OSError, asyncio.TimeoutError, WebSocketException, EOFError)
@@ -55,47 +69,35 @@ class RelayProtocolError(WebSocketException):
     """The relay answered something other than the protocol's auth_response."""
 
 
-class Backoff:
-    """Delays between reconnects: a random first delay, then exponential growth to a cap; reset after success.
+class RelaySilent(WebSocketException):
+    """Nothing (not even a heartbeat_ack) came from the relay for ``seconds``: the connection is dead."""
 
-    The sequence never shrinks (a retry that waits less than the one before reads as a bug): the random first
-    delay is at most the smallest second step, and each jittered step is at least the one before it.
-    """
+    def __init__(self, seconds: float):
+        super().__init__(f"relay silent for {seconds:.0f} s")
+        self.seconds = seconds
 
-    def __init__(self, initial: float = 1.0, factor: float = 1.618, cap: float = 60.0, first: float = 3.0,
-                 rng: Callable[[], float] = random.random):
-        self.initial, self.factor, self.cap, self.first, self.rng = initial, factor, cap, first, rng
-        self.reset()
 
-    def reset(self) -> None:
-        self._n = 0
-        self._last = 0.0
+class SessionEnded(WebSocketException):
+    """A connection that came up ended too soon to count as a success (the delays keep growing)."""
 
-    def next(self) -> float:
-        self._n += 1
-        if self._n == 1:
-            # Many agents restart together after a relay deploy: spread their first retries, over at most the
-            # second step's lowest value, and not down to 0 (a tenth of it at least).
-            span = min(self.first, 0.75 * self.initial, self.cap)
-            delay = span * max(0.1, self.rng())
-        else:
-            base = self.initial * self.factor ** (self._n - 2)
-            delay = min(self.cap, base * (0.75 + 0.5 * self.rng()))     # ±25 % jitter, within the cap
-        self._last = max(self._last, delay)
-        return self._last
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def describe_fault(exc: BaseException) -> str:
     """A connection fault in words for the console."""
     if isinstance(exc, RelayAuthFailed):
         return f"authentication failed: {exc}"
+    if isinstance(exc, (RelaySilent, SessionEnded)):
+        return str(exc)
     if isinstance(exc, InvalidStatus):
         return f"the relay answered HTTP {exc.response.status_code}"
     if isinstance(exc, ConnectionClosed):
         rc = exc.rcvd
         if rc is None:
             return "connection dropped"
-        return f"closed by the relay with code {rc.code}" + (f": {rc.reason}" if rc.reason else "")
+        return f"closed by the relay with code {rc.code}" + (f": {clip(rc.reason, 120)}" if rc.reason else "")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate check failed ({exc.verify_message})"
     if isinstance(exc, ConnectionRefusedError):
@@ -104,7 +106,7 @@ def describe_fault(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return clip(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, 200)
 
 
 class RelayClient:
@@ -112,11 +114,13 @@ class RelayClient:
 
     def __init__(self, settings: Any, handle: Callable[[Any], Awaitable[dict | None]],
                  agent_state: Callable[[], dict], *, accounts: Callable[[], list[str]] = lambda: [],
-                 version: str = VERSION, heartbeat_interval: float = 10.0, backoff: Backoff | None = None,
+                 version: str = VERSION, heartbeat_interval: float = 10.0, wait: Wait | None = None,
                  auth_fail_delay: float = 300.0, auth_timeout: float = 10.0, open_timeout: float = 10.0,
-                 ping_interval: float | None = 30.0, ping_timeout: float | None = 60.0,
+                 ping_interval: float | None = 10.0, ping_timeout: float | None = 20.0,
+                 silence_timeout: float = 25.0, stable_after: float = STABLE_AFTER,
                  close_timeout: float = 1.0, drain_timeout: float = 1.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, max_queued: int = 1000):
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, max_queued: int = 1000,
+                 max_in_flight: int = BUSY_IN_FLIGHT, max_size: int = MAX_FRAME_BYTES):
         self.settings = settings
         self.url: str = settings.relay_url
         self.handle = handle
@@ -124,12 +128,18 @@ class RelayClient:
         self.accounts = accounts
         self.version = version
         self.heartbeat_interval = heartbeat_interval
-        self.backoff = backoff or Backoff()
+        self.wait = wait or RELAY_WAIT
         self.auth_fail_delay = auth_fail_delay
         self.auth_timeout = auth_timeout
         self.open_timeout = open_timeout
         self.ping_interval, self.ping_timeout, self.close_timeout = ping_interval, ping_timeout, close_timeout
+        # Two heartbeats without an answer (the relay acks each one): silent. Keep it above the heartbeat
+        # interval, or a healthy relay would read as silent between two acks.
+        self.silence_timeout = max(silence_timeout, 2 * heartbeat_interval)
+        self.stable_after = stable_after
         self.drain_timeout = drain_timeout
+        self.max_in_flight = max_in_flight
+        self.max_size = max_size
         self._sleep = sleep
         # state others may read
         self.connected = False             # authenticated and serving
@@ -142,10 +152,12 @@ class RelayClient:
         self._outbox: collections.deque[Frame] = collections.deque(maxlen=max_queued)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
+        self._replies: set[asyncio.Task] = set()       # "busy" answers on their way (not requests in flight)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._guidance_shown = False
         self._session_was_up = False
+        self._last_heard = 0.0
         self._close_reason = "closed by the relay"
 
     # --- pushes (never block; safe from any thread) -----------------------------------------------
@@ -187,34 +199,35 @@ class RelayClient:
     # --- the reconnect loop -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, serve, reconnect with backoff, forever. Cancel to stop."""
+        """Connect, serve, reconnect, forever. Cancel to stop (the socket then closes with 1001)."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         while True:
-            fault: BaseException | None = None
+            # One tenacity retrying per outage: it returns when a connection that came up (and lasted) has
+            # ended, and the next outage starts again from the random first delay.
+            retrying = reconnecting(self.wait, retry_on=EXPECTED, sleep=self._sleep, before_sleep=self._retry_later)
             try:
-                await self._session()
+                await retrying(self._session)
             except RelayAuthFailed as e:
                 self.auth_failures += 1
                 self.last_fault = describe_fault(e)
                 self._auth_guidance(e)
                 await self._sleep(self.auth_fail_delay)
-                continue
-            except EXPECTED as e:
-                fault = e
-            reason = describe_fault(fault) if fault is not None else self._close_reason
-            self.last_fault = reason
-            delay = self.backoff.next()
-            if self._session_was_up:
-                log.warning(console.relay_lost(reason, delay))
-            else:
-                log.warning("Relay not reachable at %s (%s), retrying in %s", self.url, reason,
-                            console.seconds(delay))
-            if fault is not None and not isinstance(fault, NETWORK_FAULTS):
-                log.debug("relay session ended", exc_info=fault)    # not the network: keep the traceback
-            elif fault is not None:
-                log.debug("relay session ended: %s: %s", type(fault).__name__, reason)
-            await self._sleep(delay)
+
+    def _retry_later(self, state: RetryCallState) -> None:
+        """tenacity's before_sleep: one line for the failed attempt, with the delay chosen."""
+        fault = fault_of(state)
+        delay = state.upcoming_sleep
+        reason = describe_fault(fault) if fault is not None else self._close_reason
+        self.last_fault = reason
+        if isinstance(fault, SessionEnded):
+            log.warning(console.relay_lost(reason, delay))
+        else:
+            log.warning("Relay not reachable at %s (%s), retrying in %s", self.url, reason, console.seconds(delay))
+        if fault is not None and not isinstance(fault, NETWORK_FAULTS + (SessionEnded,)):
+            log.debug("relay session ended", exc_info=fault)    # not the network: keep the traceback
+        elif fault is not None:
+            log.debug("relay session ended: %s: %s", type(fault).__name__, reason)
 
     def _auth_guidance(self, e: RelayAuthFailed) -> None:
         retry_min = self.auth_fail_delay / 60
@@ -228,44 +241,83 @@ class RelayClient:
         log.error(AUTH_FAILED_GUIDANCE.format(source=s.key_source, error=e, env_hint=env_hint, retry=retry_min))
 
     async def _session(self) -> None:
-        """One connection, from open to close. Returns normally when the relay closes it."""
+        """One connection, from open to close. Returns when a connection that lasted has ended (the caller then
+        reconnects at once); raises the fault when it never came up, or SessionEnded when it did not last."""
         self._session_was_up = False
-        async with connect(self.url, open_timeout=self.open_timeout, ping_interval=self.ping_interval,
-                           ping_timeout=self.ping_timeout, close_timeout=self.close_timeout,
-                           **_connect_extras(self.url, self.version)) as ws:
-            await self._authenticate(ws)
-            self._session_was_up = True
-            self.connected = True
-            self.connected_event.set()
-            self.sessions += 1
-            self.backoff.reset()
-            self._guidance_shown = False
-            log.info(console.relay_connected(self.url, self.provider_id))
-            tasks = [asyncio.ensure_future(self._reader(ws)), asyncio.ensure_future(self._heartbeat(ws)),
-                     asyncio.ensure_future(self._sender(ws))]
-            for t, name in zip(tasks, ("relay-reader", "relay-heartbeat", "relay-sender")):
-                t.set_name(name)
-            try:
-                await self._send(ws, boot_phase_frame("relay_connected", "authenticated with the relay", 0.5,
-                                                      time.time()))
-                accounts = self.accounts()
-                if accounts:
-                    await self._send(ws, accounts_frame(accounts))
-                await self._send(ws, self._state())
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    t.result()          # re-raise the fault that ended the session
-            finally:
-                self.connected = False
-                self.connected_event.clear()
-                rcvd = getattr(getattr(ws, "protocol", None), "close_rcvd", None)    # the relay's Close frame
-                code, why = getattr(rcvd, "code", None), getattr(rcvd, "reason", "")
-                self._close_reason = ("closed by the relay" + (f" with code {code}" if code is not None else "")
-                                      + (f": {why}" if why else ""))
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                await self._cancel_inflight()
+        fault: BaseException | None = None
+        up_at = 0.0
+        try:
+            async with connect(self.url, open_timeout=self.open_timeout, ping_interval=self.ping_interval,
+                               ping_timeout=self.ping_timeout, close_timeout=self.close_timeout,
+                               max_size=self.max_size, **_connect_extras(self.url, self.version)) as ws:
+                try:
+                    await self._authenticate(ws)
+                    up_at = time.monotonic()
+                    await self._serve_session(ws)
+                except asyncio.CancelledError:
+                    # Shutdown (Ctrl+C, SIGTERM): say "going away", or leaving the block closes with 1011
+                    # (internal error) and the relay's monitoring sees every normal stop as a crash.
+                    await ws.close(1001, "agent stopping")
+                    raise
+                except RelaySilent as e:
+                    log.warning("Relay silent for %.0f s: reconnecting", e.seconds)
+                    await ws.close(1000, str(e))
+                    raise
+        except EXPECTED as e:
+            if not self._session_was_up:
+                raise
+            fault = e
+        if not self._session_was_up:
+            return
+        reason = describe_fault(fault) if fault is not None else self._close_reason
+        self.last_fault = reason
+        if time.monotonic() - up_at < self.stable_after:
+            raise SessionEnded(reason)      # up only briefly: wait (and grow the delay) before the next try
+        if not isinstance(fault, RelaySilent):
+            log.warning(console.relay_lost(reason))
+        if fault is not None and not isinstance(fault, NETWORK_FAULTS + (RelaySilent,)):
+            log.debug("relay session ended", exc_info=fault)
+        elif fault is not None:
+            log.debug("relay session ended: %s: %s", type(fault).__name__, reason)
+
+    async def _serve_session(self, ws) -> None:
+        """An authenticated connection: boot phases, accounts, state, then the session tasks until it ends."""
+        self._session_was_up = True
+        self.connected = True
+        self.connected_event.set()
+        self.sessions += 1
+        self._guidance_shown = False
+        log.info(console.relay_connected(self.url, self.provider_id))
+        tasks = [asyncio.ensure_future(self._reader(ws)), asyncio.ensure_future(self._heartbeat(ws)),
+                 asyncio.ensure_future(self._sender(ws)), asyncio.ensure_future(self._watchdog())]
+        for t, name in zip(tasks, ("relay-reader", "relay-heartbeat", "relay-sender", "relay-watchdog")):
+            t.set_name(name)
+        try:
+            now = time.time()
+            await self._send(ws, boot_phase_frame("relay_connected", "authenticated with the relay", 0.5, now))
+            # After every authentication, TWS or not: the relay shows the last phase as "agent starting…"
+            # until it receives boot_complete (TWS state travels in agent_state).
+            state = self._state()
+            detail = "connected to TWS" if state.get("ib_connected") else "TWS not connected yet (the agent keeps trying)"
+            await self._send(ws, boot_phase_frame("boot_complete", detail, 1.0, now))
+            accounts = self.accounts()
+            if accounts:
+                await self._send(ws, accounts_frame(accounts))
+            await self._send(ws, state)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()          # re-raise the fault that ended the session
+        finally:
+            self.connected = False
+            self.connected_event.clear()
+            rcvd = getattr(getattr(ws, "protocol", None), "close_rcvd", None)    # the relay's Close frame
+            code, why = getattr(rcvd, "code", None), getattr(rcvd, "reason", "")
+            self._close_reason = ("closed by the relay" + (f" with code {code}" if code is not None else "")
+                                  + (f": {clip(why, 120)}" if why else ""))
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._cancel_inflight()
 
     async def _authenticate(self, ws) -> None:
         await ws.send(json.dumps(auth_frame(self.settings.provider_key.get_secret_value(), self.version)))
@@ -276,50 +328,90 @@ class RelayClient:
                 raise asyncio.TimeoutError()
             raw = await asyncio.wait_for(ws.recv(), remaining)
             try:
-                frame = json.loads(raw)
-            except ValueError:
-                raise RelayProtocolError("the relay sent a frame that is not JSON during authentication") from None
+                frame = decode_frame(raw)
+            except FrameRejected as e:
+                raise RelayProtocolError(f"the relay sent a frame that is not JSON during authentication "
+                                         f"({e.reason})") from None
             if not isinstance(frame, dict) or frame.get("type") != "auth_response":
-                log.debug("frame before auth_response ignored: %.200r", raw)
+                log.debug("frame before auth_response ignored: %s", echo(raw, 200))
                 continue
             if frame.get("success") is True:
                 pid = frame.get("provider_id")
-                self.provider_id = pid if isinstance(pid, str) else None
+                self.provider_id = clip(pid, 40) if isinstance(pid, str) else None
+                self._last_heard = asyncio.get_running_loop().time()
                 return
-            raise RelayAuthFailed(str(frame.get("error") or "rejected"))
+            raise RelayAuthFailed(clip(str(frame.get("error") or "rejected"), 200))
 
     # --- session tasks ----------------------------------------------------------------------------
 
     async def _reader(self, ws) -> None:
+        loop = asyncio.get_running_loop()
+        secrets = self._secrets()
         async for raw in ws:
+            self._last_heard = loop.time()      # any frame is a sign of life (acks come every heartbeat)
+            raw = console.redact_frame(raw, secrets)    # the key never rides back in an echo, whole or cut
             try:
-                frame = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                log.warning("Ignored a relay frame that is not JSON: %.200r", raw)
+                frame = decode_frame(raw)
+            except FrameRejected as e:
+                # Bounded before parsing: a frame of 1,000 nested brackets no longer ends the process.
+                if not answerable_id(e.request_id, secrets):
+                    log.warning("Ignored a relay frame: %s", e.reason)
+                else:
+                    log.warning("Malformed request %s: %s", echo(e.request_id), e.reason)
+                    self._track(self._reply(ws, response_error(e.request_id, f"Malformed request: {e.reason}")),
+                                "request-malformed")
                 continue
             kind = frame.get("type") if isinstance(frame, dict) else None
             if kind == "request":
-                task = asyncio.ensure_future(self._serve(ws, frame))
-                task.set_name(f"request-{str(frame.get('request_id'))[:40]}")
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+                if len(self._inflight) >= self.max_in_flight:
+                    self._busy(ws, frame)
+                    continue
+                self._track(self._serve(ws, frame), f"request-{echo(frame.get('request_id'))[:40]}")
+                # Let it start before reading on: websockets hands over buffered frames without yielding, so
+                # a burst of thousands would otherwise all be in flight before the first is answered.
+                await asyncio.sleep(0)
             elif kind in ("heartbeat_ack", "auth_response", "pong"):
                 continue
             else:
-                log.debug("relay frame of type %r ignored", kind)
+                log.debug("relay frame of type %s ignored", echo(kind))
         # the iterator ends on a normal close: the session is over
+
+    def _track(self, coro, name: str, tasks: set[asyncio.Task] | None = None) -> None:
+        tasks = self._inflight if tasks is None else tasks
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _busy(self, ws, frame: dict) -> None:
+        """Too many requests in flight: answer at once rather than queue without bound (the dispatcher and
+        memory would otherwise grow with any flood the relay sends)."""
+        rid = frame.get("request_id")
+        if answerable_id(rid, self._secrets()):
+            text = (f"busy: {len(self._inflight):,} requests ahead, retry in about 5 s (the agent answers at "
+                    f"most {self.max_in_flight:,} at once)")
+            self._track(self._reply(ws, response_error(rid, text)), "request-busy", self._replies)
+
+    async def _reply(self, ws, response: dict) -> None:
+        try:
+            await self._send(ws, response)
+        except ConnectionClosed:
+            log.info("answer to %s lost: the relay connection closed", echo(response.get("request_id")))
+
+    def _secrets(self) -> list[str]:
+        try:
+            return list(self.settings.secrets())
+        except AttributeError:
+            return []
 
     async def _serve(self, ws, frame: dict) -> None:
         try:
             response = await self.handle(frame)
         except Exception:  # noqa: BLE001 - the dispatcher never raises; if it ever does, keep the session
-            log.exception("request %s could not be handled", frame.get("request_id"))
+            log.exception("request %s could not be handled", echo(frame.get("request_id")))
             return
         if response is not None:
-            try:
-                await self._send(ws, response)
-            except ConnectionClosed:
-                log.info("answer to %s lost: the relay connection closed", response.get("request_id"))
+            await self._reply(ws, response)
 
     async def _heartbeat(self, ws) -> None:
         # The relay drops a provider silent for > 90 s; it serves ib-status from the agent_state we send.
@@ -327,6 +419,16 @@ class RelayClient:
             await asyncio.sleep(self.heartbeat_interval)
             await self._send(ws, heartbeat_frame())
             await self._send(ws, self._state())
+
+    async def _watchdog(self) -> None:
+        """Raise RelaySilent once nothing has come from the relay for ``silence_timeout`` (it acks every
+        heartbeat, so that is two unanswered heartbeats). WebSocket pings (ping_timeout) are the backstop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            quiet = loop.time() - self._last_heard
+            if quiet >= self.silence_timeout:
+                raise RelaySilent(quiet)
+            await asyncio.sleep(self.silence_timeout - quiet)
 
     async def _sender(self, ws) -> None:
         while True:

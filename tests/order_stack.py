@@ -12,14 +12,14 @@ import aiohttp
 from agent.daemon import Daemon
 from agent.orders.desk import OrderDesk
 from agent.pacer import Pacer
-from agent.relay import Backoff as RelayBackoff
 from agent.settings import load_settings
-from agent.tws import Backoff, TwsBridge
+from agent.retry import reconnect_wait
+from agent.tws import TwsBridge
 from sim.relay import ReferenceRelay
 from sim.tws import SimConfig, TwsSimulator
 
 KEY = "orders-provider-key-0123456789"
-FAST_TWS = dict(initial=0.02, factor=1.5, cap=0.1)
+FAST_TWS = dict(first=0.02, factor=1.5, cap=0.1)
 
 
 def agent_settings(port: int, relay_url: str = "ws://127.0.0.1:9/ws/data-provider", **env: str):
@@ -50,7 +50,7 @@ async def desk_stack(sim: TwsSimulator | None = None, *, accounts=("DU1234567",)
     if any(not a.startswith("D") for a in accounts):
         env.setdefault("IB_MODE", "live")
     settings = agent_settings(sim.port, **env)
-    bridge = TwsBridge(settings, Pacer(), backoff=Backoff(**FAST_TWS))
+    bridge = TwsBridge(settings, Pacer(), backoff=reconnect_wait(**FAST_TWS))
     stack = DeskStack(sim, bridge, None)          # type: ignore[arg-type]
     desk = OrderDesk(bridge, settings, push=stack.pushed.append, presubmit_grace=0.3, fill_grace=0.3,
                      cancel_confirm=3.0)
@@ -109,10 +109,9 @@ async def start_agent(sim: TwsSimulator, relay: ReferenceRelay, **env: str) -> t
     settings = agent_settings(sim.port, relay.ws_url, **env)
 
     def bridge_factory(s, pacer, on_event=None):
-        return TwsBridge(s, pacer, on_event=on_event, backoff=Backoff(**FAST_TWS))
+        return TwsBridge(s, pacer, on_event=on_event, backoff=reconnect_wait(**FAST_TWS))
     d = Daemon(settings, bridge_factory=bridge_factory,
-               relay_options={"backoff": RelayBackoff(initial=0.01, factor=2, cap=0.05, first=0.01),
-                              "heartbeat_interval": 0.05})
+               relay_options={"wait": reconnect_wait(first=0.01, factor=2, cap=0.05), "heartbeat_interval": 0.05})
     d.orders.presubmit_grace = d.orders.fill_grace = 0.3
     task = asyncio.create_task(d.run(), name="daemon-under-test")
     await relay.wait_provider(10)

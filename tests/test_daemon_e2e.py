@@ -17,7 +17,7 @@ import pytest
 import ib_data_agent
 from agent import console
 from agent.daemon import Daemon, _task_group_310, run_task_group
-from agent.relay import Backoff
+from agent.retry import reconnect_wait
 from agent.settings import load_settings
 from sim.relay import ReferenceRelay
 
@@ -25,7 +25,7 @@ KEY = "e2e-provider-key-0123456789abcdef"
 
 
 def fast_relay_options() -> dict:
-    return {"backoff": Backoff(initial=0.01, factor=2, cap=0.05, first=0.01), "heartbeat_interval": 0.05}
+    return {"wait": reconnect_wait(first=0.01, factor=2, cap=0.05), "heartbeat_interval": 0.05}
 
 
 async def http(relay: ReferenceRelay, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
@@ -210,7 +210,6 @@ async def stack(tmp_path, *, log: bool = False, sim_port: int = 0, relay_options
     """TWS simulator + reference relay + the daemon with fast reconnects; yields (sim, relay, daemon, task)."""
     from sim.tws import SimConfig, TwsSimulator
     from agent.tws import TwsBridge
-    from agent.tws.connect import Backoff as TwsBackoff
 
     sim = TwsSimulator(SimConfig(port=sim_port, accounts=("DU1234567",), latency="fast", seed=7))
     await sim.start()
@@ -222,7 +221,7 @@ async def stack(tmp_path, *, log: bool = False, sim_port: int = 0, relay_options
         console.setup_logging(settings.log_dir, settings.secrets(), stream=io.StringIO())
 
     def bridge_factory(s, pacer, on_event=None):
-        return TwsBridge(s, pacer, on_event=on_event, backoff=TwsBackoff(initial=0.05, factor=1.5, cap=0.2))
+        return TwsBridge(s, pacer, on_event=on_event, backoff=reconnect_wait(first=0.05, factor=1.5, cap=0.2))
     d = Daemon(settings, bridge_factory=bridge_factory, relay_options={**fast_relay_options(), **(relay_options or {})})
     task = asyncio.create_task(d.run(), name="daemon-under-test")
     try:

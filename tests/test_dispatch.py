@@ -76,10 +76,12 @@ async def test_get_positions_shape():
 
 
 async def test_ib_reconnect_calls_bridge():
-    """ib_reconnect passes force through to the bridge and answers its message, ok only when connected."""
+    """ib_reconnect passes force through to the bridge and answers its message; success/connected (what the
+    relay's route reads) and ok are true only when connected."""
     d = make(connected=False)
     r = await d.handle(req("ib_reconnect", {"force": True}))
-    assert r["data"] == {"ok": False, "message": "reconnecting to TWS"} and d.ctx.bridge.reconnects == [True]
+    assert r["data"] == {"success": False, "connected": False, "reconnecting": True, "ok": False,
+                         "message": "reconnecting to TWS"} and d.ctx.bridge.reconnects == [True]
 
 
 async def test_unknown_type():

@@ -9,15 +9,16 @@ import logging
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from agent.relay import Backoff, RelayClient
+from agent.relay import RelayClient
+from agent.retry import preview, reconnect_wait
 from agent.settings import load_settings
 from sim.relay import ProviderDisconnected, ReferenceRelay
 
 KEY = "relay-test-key-0123456789"
 
 
-def fast_backoff() -> Backoff:
-    return Backoff(initial=0.01, factor=2, cap=0.05, first=0.01)
+def fast_wait():
+    return reconnect_wait(first=0.01, factor=2, cap=0.05)
 
 
 class Handler:
@@ -50,7 +51,7 @@ def state():
 @contextlib.asynccontextmanager
 async def running(relay: ReferenceRelay, handler=None, **kw):
     settings = load_settings({"IB_PROVIDER_KEY": kw.pop("key", KEY), "RELAY_URL": relay.ws_url})
-    kw.setdefault("backoff", fast_backoff())
+    kw.setdefault("wait", fast_wait())
     client = RelayClient(settings, handler or Handler(), state, accounts=lambda: ["DU1234567"], **kw)
     task = asyncio.create_task(client.run())
     try:
@@ -197,27 +198,53 @@ async def test_unreachable_relay_backs_off_with_growing_delays():
         await asyncio.sleep(0)
     settings = load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": url})
     client = RelayClient(settings, Handler(), state, sleep=sleep,
-                         backoff=Backoff(initial=1, factor=2, cap=4, first=3, rng=lambda: 0.5))
+                         wait=reconnect_wait(first=1, factor=2, cap=4, jitter=0))
     task = asyncio.create_task(client.run())
     await asyncio.wait_for(enough.wait(), 10)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    # the random first delay (rng 0.5 of at most 0.75 × initial) is no larger than the step after it
-    assert delays == [0.375, 1.0, 2.0, 4.0, 4.0, 4.0] and client.last_fault == "connection refused"
+    # jitter 0 makes the sequence exact: first, doubling, then the cap
+    assert delays == [1.0, 2.0, 4.0, 4.0, 4.0, 4.0] and client.last_fault == "connection refused"
+
+
+class Draws:
+    """Stands in for tenacity's ``random`` module: uniform() returns the given fractions of its span in turn."""
+
+    def __init__(self, fractions):
+        self.fractions = iter(fractions)
+
+    def uniform(self, a, b):
+        return a + (b - a) * next(self.fractions)
 
 
 @hsettings(max_examples=200, deadline=None)
 @given(draws=st.lists(st.floats(0.0, 1.0), min_size=12, max_size=12),
-       initial=st.floats(0.01, 5.0), factor=st.floats(1.0, 3.0), cap=st.floats(0.01, 120.0),
-       first=st.floats(0.01, 10.0))
-def test_backoff_never_shrinks_never_zero_never_over_cap(draws, initial, factor, cap, first):
-    """Whatever the random draws: every delay is > 0, at most the cap, and no smaller than the one before."""
-    it = iter(draws)
-    b = Backoff(initial=initial, factor=factor, cap=cap, first=first, rng=lambda: next(it))
-    delays = [b.next() for _ in range(12)]
+       first=st.floats(0.01, 5.0), factor=st.floats(1.0, 3.0), cap_over_first=st.floats(1.0, 50.0),
+       jitter_share=st.floats(0.0, 1.0))
+def test_wait_never_shrinks_never_zero_never_over_cap(draws, first, factor, cap_over_first, jitter_share):
+    """Whatever tenacity's random draws: every delay is > 0, at most the cap, and no smaller than the one before."""
+    from unittest import mock
+    cap = first * cap_over_first
+    wait = reconnect_wait(first=first, factor=factor, cap=cap, jitter=jitter_share * (factor - 1) * first / 2)
+    with mock.patch("tenacity.wait.random", Draws(draws)):
+        delays = preview(wait, 12)
     assert all(0 < d <= cap for d in delays)
     assert all(a <= b for a, b in zip(delays, delays[1:])), delays
+
+
+def test_wait_first_delay_random_and_jitter_bounded():
+    """The first delay is random within [first, first + jitter]; a jitter that could shrink the sequence is refused."""
+    from unittest import mock
+    wait = reconnect_wait(first=1.0, factor=2.0, cap=10.0)
+    with mock.patch("tenacity.wait.random", Draws([0.0, 1.0])):
+        low, = preview(wait, 1)
+        high, = preview(wait, 1)
+    assert (low, high) == (1.0, 1.5)
+    with pytest.raises(ValueError, match="shorter than the one before"):
+        reconnect_wait(first=1.0, factor=2.0, cap=10.0, jitter=0.6)
+    with pytest.raises(ValueError):
+        reconnect_wait(first=5.0, cap=1.0)
 
 
 async def test_network_faults_log_one_line_without_traceback(caplog):
@@ -238,7 +265,7 @@ async def test_network_faults_log_one_line_without_traceback(caplog):
         await asyncio.sleep(0)
     caplog.set_level(logging.DEBUG, logger="agent.relay")
     client = RelayClient(load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": url}), Handler(), state, sleep=sleep,
-                         backoff=fast_backoff())
+                         wait=fast_wait())
     task = asyncio.create_task(client.run())
     await asyncio.wait_for(three.wait(), 10)
     task.cancel()

@@ -106,8 +106,8 @@ async def echo(frame: dict) -> dict:
     return ok(frame, {"request_type": frame["request_type"], "payload": frame["payload"]})
 
 
-async def start_agent(relay: ReferenceRelay, handler: Handler = echo) -> FakeAgent:
-    ws, reply = await auth(relay)
+async def start_agent(relay: ReferenceRelay, handler: Handler = echo, version: str = "test-1.0") -> FakeAgent:
+    ws, reply = await auth(relay, version=version)
     assert reply["success"] is True
     return FakeAgent(ws, handler)
 
@@ -379,18 +379,59 @@ async def test_disconnect_fails_pending_as_500(relay, http):
         assert await resp.json() == {"detail": "Provider disconnected"}
 
 
-async def test_new_provider_replaces_old(relay):
-    """A second provider with the same key takes over; the first is closed and its pending request fails."""
-    first = await start_agent(relay, lambda f: _async(None))
+def tagged(name: str, gate: asyncio.Event | None = None) -> Handler:
+    """A handler answering {"agent": name}; with a gate, fetch_chain waits for it first."""
+    async def handler(frame: dict) -> dict:
+        if gate is not None and frame["request_type"] == "fetch_chain":
+            await asyncio.wait_for(gate.wait(), WAIT)
+        return ok(frame, {"agent": name})
+    return handler
+
+
+async def until_routed(relay: ReferenceRelay, version: str) -> None:
+    """Wait until requests go to the agent of ``version`` (the relay notices a closed socket on its own time)."""
+    await relay._wait_until(lambda: relay.provider_version == version, WAIT)
+
+
+async def test_second_agent_joins_and_the_highest_version_takes_requests(relay):
+    """A second agent for the same user joins without dropping the first (whose pending request is still
+    answered); requests go to the higher version, and back to the other one when it leaves."""
+    gate = asyncio.Event()
+    first = await start_agent(relay, tagged("original", gate), version="1.39.2")
     pending = asyncio.ensure_future(relay.request("fetch_chain", {"ticker": "AAPL"}, timeout=WAIT))
     await asyncio.wait_for(first.got_request.wait(), WAIT)
-    second = await start_agent(relay)
-    with pytest.raises(ProviderDisconnected):
-        await pending
-    await asyncio.wait_for(first.task, WAIT)
-    reply = await relay.request("fetch_underlying", {"ticker": "SPY"})
-    assert reply["success"] is True and relay.providers_seen == 2
+    second = await start_agent(relay, tagged("this"), version="2.0.0")
+    assert [p["version"] for p in relay.providers] == ["1.39.2", "2.0.0"] and relay.provider_version == "2.0.0"
+    assert (await relay.request("fetch_underlying", {"ticker": "SPY"}))["data"] == {"agent": "this"}
+    gate.set()
+    assert (await pending)["data"] == {"agent": "original"}          # not failed by the newcomer
     await second.close()
+    await until_routed(relay, "1.39.2")
+    assert (await relay.request("fetch_underlying", {"ticker": "SPY"}))["data"] == {"agent": "original"}
+    assert relay.providers_seen == 2
+    await first.close()
+
+
+async def test_newcomer_with_a_lower_version_does_not_take_requests(relay):
+    """An older agent connecting after a newer one joins but gets no requests; on equal versions the most
+    recently connected one does; a version that is not dotted integers ties with any (the later one wins)."""
+    newer = await start_agent(relay, tagged("2.0.0"), version="2.0.0")
+    older = await start_agent(relay, tagged("1.39.2"), version="1.39.2")
+    assert (await relay.request("ib_status"))["data"] == {"agent": "2.0.0"}
+    twin = await start_agent(relay, tagged("2.0.0 later"), version="2.0.0")
+    assert (await relay.request("ib_status"))["data"] == {"agent": "2.0.0 later"}
+    assert routes.outranks("doctor", "2.0.0") and routes.outranks("2.0.0", "2.0.0")
+    assert not routes.outranks("1.39.2", "2.0.0") and routes.outranks("2.0.10", "2.0.9")
+    for agent in (newer, older, twin):
+        await agent.close()
+
+
+async def test_kick_provider_drops_every_agent(relay):
+    """A relay restart (kick_provider) closes every connected agent of the user."""
+    a, b = await start_agent(relay, version="1.0"), await start_agent(relay, version="2.0")
+    assert await relay.kick_provider() is True
+    await asyncio.wait_for(asyncio.gather(a.task, b.task), WAIT)
+    assert relay.providers == [] and not relay.provider_connected
 
 
 async def test_kick_provider_closes_and_fails_pending(relay):

@@ -11,13 +11,14 @@ import pytest
 from agent.errors import ClientIdInUse, HandshakeTimeout, IBDisconnected, IBError
 from agent.pacer import Pacer, current_flow
 from agent.settings import Settings
-from agent.tws import Backoff, TwsBridge
+from agent.retry import reconnect_wait
+from agent.tws import TwsBridge
 from agent.types import Contract
 from sim.tws import SimConfig, TwsSimulator
 
 from ports import closed_port
 
-FAST = dict(initial=0.01, factor=2.0, cap=0.05)
+FAST = dict(first=0.01, factor=2.0, cap=0.05)
 
 
 def settings(port: int | None, **kw) -> Settings:
@@ -62,7 +63,7 @@ async def simulator(**kw):
 @contextlib.asynccontextmanager
 async def bridge_for(port: int | None, *, pacer: Pacer | None = None, events: Events | None = None,
                      supervised: bool = False, ports: list[int] | None = None, **kw):
-    b = TwsBridge(settings(port, **kw), pacer or Pacer(), on_event=events, backoff=Backoff(**FAST), ports=ports)
+    b = TwsBridge(settings(port, **kw), pacer or Pacer(), on_event=events, backoff=reconnect_wait(**FAST), ports=ports)
     task = None
     try:
         if supervised:
@@ -365,7 +366,7 @@ async def test_hung_tws_is_detected_by_the_health_check():
     """A TWS that keeps its socket but stops answering is dropped and reconnected by the supervisor."""
     ev = Events()
     async with simulator() as sim:
-        b = TwsBridge(settings(sim.port), Pacer(), on_event=ev, backoff=Backoff(**FAST), health_interval=0.05,
+        b = TwsBridge(settings(sim.port), Pacer(), on_event=ev, backoff=reconnect_wait(**FAST), health_interval=0.05,
                       health_timeout=0.2)
         b_task = asyncio.create_task(b.run())
         try:
@@ -634,20 +635,20 @@ async def test_unsupervised_loss_does_not_claim_to_reconnect():
         assert ev.at_loss == [(False, f"Lost the connection to TWS on port {sim.port}")]
 
 
-class CountingBackoff(Backoff):
-    """Backoff that lets a test await the n-th retry."""
+class CountingBackoff:
+    """A tenacity wait (reconnect_wait) that lets a test await the n-th retry."""
 
     def __init__(self, **kw) -> None:
-        super().__init__(**kw)
+        self.wait = reconnect_wait(**kw)
         self.calls = 0
         self.reached = asyncio.Event()
         self.wanted = 1 << 30
 
-    def next(self) -> float:
+    def __call__(self, state) -> float:
         self.calls += 1
         if self.calls >= self.wanted:
             self.reached.set()
-        return super().next()
+        return self.wait(state)
 
 
 async def test_outage_logs_one_line_per_state_change(caplog):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.tws import ticks as t
-from agent.tws import Backoff, accounts_are_paper, mismatch_message
+from agent.retry import preview, reconnect_wait
+from agent.tws import TWS_WAIT, accounts_are_paper, mismatch_message
 from agent.types import Contract, Quote
 from agent.tws.wrapper import from_ib_contract, to_ib_contract
 
@@ -122,12 +123,12 @@ def test_code_sets_and_farm_name():
     assert t.farm_name("Sec-def data farm connection is OK:secdefil") == "secdefil"
 
 
-def test_backoff_random_first_delay_then_growth_cap_and_reset():
-    """First delay is random in [0, initial], then grows by factor up to cap; reset starts over."""
-    b = Backoff(initial=1.0, factor=2.0, cap=5.0, rng=lambda: 0.25)
-    assert [b.next() for _ in range(6)] == [0.25, 1.0, 2.0, 4.0, 5.0, 5.0]
-    b.reset()
-    assert b.next() == 0.25
+def test_tws_wait_random_first_delay_then_growth_to_the_cap():
+    """TWS's delays (tenacity): first in [1, 1.3] s, then growing 1.6x (each above the last) to the 30 s cap."""
+    delays = preview(TWS_WAIT, 12)
+    assert 1.0 <= delays[0] <= 1.3 and delays[-1] == 30.0
+    assert all(a < b or b == 30.0 for a, b in zip(delays, delays[1:])), delays
+    assert preview(reconnect_wait(first=1.0, factor=2.0, cap=5.0, jitter=0), 5) == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
 def test_accounts_paper_live_and_mismatch_message():

@@ -13,7 +13,7 @@ Nothing above this package sees an ibapi object or a reqId.
 """
 
 from agent.tws.bridge import TwsBridge
-from agent.tws.connect import Backoff, accounts_are_paper, mismatch_message
+from agent.tws.connect import TWS_WAIT, accounts_are_paper, mismatch_message
 from agent.tws.lines import MarketDataLine
 
-__all__ = ["Backoff", "MarketDataLine", "TwsBridge", "accounts_are_paper", "mismatch_message"]
+__all__ = ["TWS_WAIT", "MarketDataLine", "TwsBridge", "accounts_are_paper", "mismatch_message"]

@@ -21,7 +21,8 @@ from typing import Any, Callable
 from agent.errors import ClientIdInUse, HandshakeTimeout, IBDisconnected, IBError, RequestTimeout
 from agent.pacer import Pacer, Ticket
 from agent.tws.callbacks import CURRENT_TIME_KEY, POSITIONS_KEY, TwsCallbacks
-from agent.tws.connect import Backoff, accounts_are_paper, mismatch_message
+from agent.retry import Wait
+from agent.tws.connect import TWS_WAIT, accounts_are_paper, mismatch_message
 from agent.tws.lines import MarketDataLine
 from agent.tws.marketdata import MarketData
 from agent.tws.supervisor import Supervisor
@@ -65,12 +66,12 @@ class TwsBridge(Supervisor, MarketData, Trading, TwsCallbacks):
     ``wait_lines_closed()``, ``client_id`` (the clientId in use), ``open_lines``, ``stats()``."""
 
     def __init__(self, settings: Any, pacer: Pacer, on_event: Callable[[str, dict], None] | None = None,
-                 backoff: Backoff | None = None, *, ports: list[int] | None = None,
+                 backoff: Wait | None = None, *, ports: list[int] | None = None,
                  health_interval: float = 30.0, health_timeout: float = 10.0):
         self.settings = settings
         self.pacer = pacer
         self.on_event = on_event
-        self.backoff = backoff or Backoff()
+        self.backoff: Wait = backoff or TWS_WAIT      # a tenacity wait (agent/retry.py reconnect_wait)
         self._ports = list(ports) if ports else None
         self.health_interval = health_interval
         self._health_timeout = health_timeout

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import random
-from typing import Callable
+from agent.retry import reconnect_wait
 
-
-class Backoff:
-    """Reconnect delays the websockets way: random first delay, then growing by ``factor`` up to ``cap``."""
-
-    def __init__(self, initial: float = 1.0, factor: float = 1.6, cap: float = 30.0,
-                 rng: Callable[[], float] = random.random):
-        self.initial, self.factor, self.cap, self._rng = initial, factor, cap, rng
-        self._delay: float | None = None
-
-    def next(self) -> float:
-        if self._delay is None:
-            self._delay = self.initial
-            return self.initial * self._rng()       # spread the first retry of many agents
-        delay = self._delay
-        self._delay = min(self._delay * self.factor, self.cap)
-        return min(delay, self.cap)
-
-    def reset(self) -> None:
-        self._delay = None
+# TWS reconnect delays (tenacity, agent/retry.py): a random first one (1-1.3 s), growing 1.6x to 30 s. TWS is
+# local: its daily restart or re-login takes a minute or two, and a delay here costs nothing but a refused
+# connect.
+TWS_WAIT = reconnect_wait(first=1.0, factor=1.6, cap=30.0)
 
 
 def accounts_are_paper(accounts: list[str]) -> bool | None:

@@ -1,4 +1,4 @@
-"""The bridge's supervisor (a mixin of ``TwsBridge``): connect, stay connected, reconnect with backoff, check
+"""The bridge's supervisor (a mixin of ``TwsBridge``): connect, stay connected, reconnect (tenacity), check
 that a connected TWS still answers, and shut down quickly.
 
 Runs on the event loop; state lives in ``TwsBridge``.
@@ -10,7 +10,10 @@ import asyncio
 import logging
 import time
 
+from tenacity import RetryCallState
+
 from agent.errors import IBDisconnected, RequestTimeout
+from agent.retry import fault_of, reconnecting
 from agent.tws.wrapper import Session
 
 log = logging.getLogger("agent.tws")
@@ -23,23 +26,22 @@ class Supervisor:
     """``run()`` (the supervisor loop), ``reconnect()``, ``wait_connected()``, ``close()``."""
 
     async def run(self) -> None:
-        """Connect, then stay connected: reconnect with backoff whenever the link goes. Cancel to stop."""
+        """Connect, then stay connected: reconnect whenever the link goes. Cancel to stop.
+
+        Each outage is one tenacity retrying (agent/retry.py): the first attempt at once, then the bridge's
+        ``backoff`` delays (a random first one, growing to a cap); a connection that came up starts the next
+        outage afresh. ``reconnect()`` skips a delay.
+        """
         self._supervised = True
         self._stopped = False
         self._run_task = asyncio.current_task()
         kick = self._evt("_kick_evt")
         try:
             while not self._stopped:
-                try:
-                    await self.connect()
-                except IBDisconnected as e:
-                    self.reconnecting = True
-                    delay = self.backoff.next()
-                    self._log_unavailable(str(e), delay)
-                    await self._sleep_or_kick(delay)
-                    continue
+                retrying = reconnecting(self.backoff, retry_on=(IBDisconnected,), sleep=self._sleep_or_kick,
+                                        before_sleep=self._connect_failed)
+                await retrying(self.connect)
                 self.reconnecting = False
-                self.backoff.reset()
                 session = self._session
                 # Wait for the loss (TWS exited, restarted, socket died) or a forced reconnect, checking now
                 # and then that TWS still answers: a hung TWS keeps its socket open but answers nothing.
@@ -52,15 +54,21 @@ class Supervisor:
                 if self._stopped:
                     break
                 self.reconnecting = True
-                delay = self.backoff.next()     # random first delay: many agents don't all retry at once
-                log.debug("reconnecting to TWS in %.1f s", delay)      # _on_lost said the loss once
-                await self._sleep_or_kick(delay)
+                log.debug("reconnecting to TWS")      # _on_lost said the loss once
+                if session is not None:
+                    # Reconnect once the old socket is gone, so TWS has let go of its clientId (326 otherwise).
+                    await asyncio.wait({session.ended}, timeout=THREAD_END_WAIT)
         finally:
             self._supervised = False
             self._run_task = None
             self.reconnecting = False
             # Cancelled (Ctrl+C): no polite cancels, TWS drops a closed client's lines itself. Be quick.
             await self._shutdown(polite=False)
+
+    def _connect_failed(self, state: RetryCallState) -> None:
+        """tenacity's before_sleep: a failed attempt, said once per outage (see _log_unavailable)."""
+        self.reconnecting = True
+        self._log_unavailable(str(fault_of(state)), state.upcoming_sleep)
 
     def _retry_level(self) -> int:
         """WARNING for a problem found on the first attempt; DEBUG on the retries of an outage that the

@@ -21,7 +21,12 @@ In-process API (what tests code against)::
     # all three subclass RelayError.
     frame = await relay.request("fetch_chain", {...}, timeout=None, request_id=None)
 
-    relay.provider_connected (bool); relay.provider_id; relay.provider_version; relay.pending_count
+    # any text or bytes to the routed agent as given (a fuzzer's frame); with request_id, its answer
+    frame = await relay.request_raw('{"type":"request","request_id":"x",...}', request_id="x", timeout=15.0)
+
+    relay.provider_connected (bool); relay.provider_id; relay.provider_version   # of the agent requests go to
+    relay.providers         # every connected agent: [{provider_id, version, connected_at, routed, boot_phase}]
+    relay.pending_count     # requests waiting for any agent
     await relay.wait_provider(timeout) -> provider_id      # asyncio.TimeoutError if none authenticates in time
     await relay.wait_no_provider(timeout)                  # until the provider is gone
     await relay.wait_frame(lambda f: f["type"] == "agent_state", timeout, start=0) -> the first matching frame
@@ -37,10 +42,13 @@ In-process API (what tests code against)::
     relay.heartbeats        # count of heartbeat frames (each answered with heartbeat_ack)
     relay.unknown_responses # request_ids of responses nobody waited for (logged and ignored)
     relay.providers_seen    # how many providers have authenticated
+    relay.close_codes       # the close code of each authenticated agent's socket once it closed (1001 = going away)
 
     # faults
     relay.reject_all_keys = True             # every auth gets {"success":false,"error":"Invalid API key"}
-    await relay.kick_provider(code=1001)     # close the provider's socket; its pending requests fail
+    await relay.kick_provider(code=1001)     # close every agent's socket (a relay restart); pending requests fail
+    relay.silence()                          # the routed agent's socket stays open but the relay stops reading and
+                                             # answering it (no heartbeat_ack, no pong): a dead NAT entry
     relay.max_batch_size = 10                # stamp _max_batch_size on every request from now on
     relay.timeout_scale = 0.01               # shrink the relay's waits (HTTP 504 sooner)
     await relay.stop()                       # closes everything; idempotent
@@ -49,12 +57,18 @@ Behaviour (as the cloud): the first message must be ``{"type":"auth","api_key","
 ``auth_timeout``; otherwise ``auth_response`` success:false "Expected auth message" (also on a timeout), or
 "Invalid API key", then a normal close (1000). ``heartbeat`` is answered with ``heartbeat_ack``; a provider that
 sends no heartbeat for more than ``heartbeat_timeout`` is closed (1000) and its pending requests fail with
-"Provider disconnected". WebSocket pings every ``ping_interval`` s. A new provider with the key replaces the old.
+"Provider disconnected". WebSocket pings every ``ping_interval`` s. Several agents may be connected for the key
+(one user): requests go to the one with the highest ``version`` (dotted integers), the most recently connected on
+a tie (a version that is not dotted integers ties with any other); the others stay connected and take over when it leaves. Each agent's last
+``boot_phase`` is shown in ib-status (``boot_phase``) until that agent sends ``boot_complete``.
 
 HTTP (JSON body → payload; GET query string → payload; the relay adds ``_priority``):
 POST /options/relay/fetch-chain · fetch-prices · sell-scan · stock-quote (fetch_underlying) · place-order ·
 modify-order · cancel-order; GET /options/relay/positions (get_positions) · open-orders (get_open_orders) ·
-ib-status (from the cached agent_state; {"connected": false, "provider_connected": false, ...} with no provider).
+ib-status (from the cached agent_state; {"connected": false, "provider_connected": false, ...} with no provider;
+``boot_phase``: the routed agent's phase until its boot_complete, else null) · POST /options/relay/ib-reconnect
+({"force": bool} → ib_reconnect; 200 {"success", "connected", "message"} read from the agent's data, success and
+connected false when the agent answered success:false).
 200 = the agent's ``data``; 500 {"detail": agent's error} on success:false (or "Provider disconnected");
 503 {"detail": "No data provider connected"}; 504 {"detail": "... timed out ..."}; 400 on a non-object body.
 

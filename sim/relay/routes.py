@@ -56,6 +56,31 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{PREFIX}/cancel-order", "cancel_order"),
 )
 IB_STATUS_PATH = f"{PREFIX}/ib-status"
+# The web app's "Reconnect IB" button: POST {force} here; the answer is {success, connected, message}, read from
+# the agent's data (an agent answering {ok, message} reads as failed and IB shows as disconnected).
+IB_RECONNECT_PATH = f"{PREFIX}/ib-reconnect"
+
+
+def outranks(newer: Any, older: Any) -> bool:
+    """Whether an agent that connected later takes routing from one that connected before, as the cloud decides:
+    versions compared as dotted integers, the later one winning a tie; when either version is not dotted
+    integers, the two tie (so the later one wins)."""
+    try:
+        new = tuple(int(x) for x in str(newer).split("."))
+        old = tuple(int(x) for x in str(older).split("."))
+    except (TypeError, ValueError):
+        return True
+    return new >= old
+
+
+def reconnect_answer(frame: Mapping[str, Any]) -> dict:
+    """The ib-reconnect route's body from the agent's response frame (success true or false)."""
+    if frame.get("success") is not True:
+        return {"success": False, "connected": False,
+                "message": str(frame.get("error") or "Unknown error from data provider")}
+    data = frame.get("data") if isinstance(frame.get("data"), Mapping) else {}
+    return {"success": bool(data.get("success", False)), "connected": bool(data.get("connected", False)),
+            "message": str(data.get("message") or "")}
 
 
 def canonical(request_type: str) -> str:
@@ -103,8 +128,10 @@ def query_to_payload(query: Mapping[str, str]) -> dict[str, Any]:
 
 
 def ib_status_from_state(state: Mapping[str, Any] | None, *, provider_connected: bool, provider_id: str | None,
-                         agent_version: str | None, state_ts: float | None, now: float | None = None) -> dict:
-    """The ``ib-status`` page load, answered without a round trip from the agent's last ``agent_state``."""
+                         agent_version: str | None, state_ts: float | None, now: float | None = None,
+                         boot_phase: str | None = None) -> dict:
+    """The ``ib-status`` page load, answered without a round trip from the agent's last ``agent_state``.
+    ``boot_phase``: the agent's last phase before boot_complete (the web app shows "agent starting…"), else None."""
     if not provider_connected:
         return {"connected": False, "provider_connected": False, "message": "No data provider connected",
                 "farm_status": {}, "data_available": False}
@@ -117,6 +144,7 @@ def ib_status_from_state(state: Mapping[str, Any] | None, *, provider_connected:
         "provider_connected": True,
         "provider_id": provider_id,
         "agent_version": agent_version,
+        "boot_phase": boot_phase,
         # the same fields an ib_status request answers with, where the agent's state carries them
         "reconnecting": bool(state.get("reconnecting", False)),
         "message": state.get("status_message") or ("Connected to IB" if ib_connected

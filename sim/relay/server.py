@@ -2,7 +2,10 @@
 
 It plays the MA Tracker cloud for tests and the demo, speaking /work/shared/relay-protocol.md: auth as the first
 message, heartbeat bookkeeping, requests matched to responses by request_id in any order, a provider dropped
-(and its pending requests failed) after ``heartbeat_timeout`` without a heartbeat.
+(and its pending requests failed) after ``heartbeat_timeout`` without a heartbeat. As the cloud, it keeps every
+agent a user connects (one key = one user here) and routes to the connected one with the highest ``version``,
+the most recently connected on a tie; it shows an agent's last ``boot_phase`` until that agent sends
+``boot_complete``.
 """
 
 from __future__ import annotations
@@ -67,8 +70,11 @@ class _Provider:
     pending: dict[str, asyncio.Future] = field(default_factory=dict)
     agent_state: dict | None = None      # this provider's latest agent_state (ib-status answers from it)
     agent_state_ts: float | None = None
+    boot_phase: str | None = None        # the last boot_phase until boot_complete clears it (the web app's
+                                         # "agent starting…" indicator)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     gone: bool = False
+    silenced: asyncio.Event | None = None    # set by silence(): the relay stops reading and answering it
 
     async def send(self, frame: dict) -> None:
         async with self.send_lock:
@@ -105,8 +111,9 @@ class ReferenceRelay:
         self.heartbeats = 0
         self.unknown_responses: list[str] = []  # request_ids of responses nobody was waiting for
         self.providers_seen = 0
+        self.close_codes: list[int | None] = []  # the close code of every authenticated agent's socket, in order
 
-        self._provider: _Provider | None = None
+        self._providers: list[_Provider] = []     # every authenticated agent, oldest first
         self._sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -122,6 +129,7 @@ class ReferenceRelay:
         for r in routes.ROUTES:
             app.router.add_route(r.method, r.path, self._make_route_handler(r))
         app.router.add_get(routes.IB_STATUS_PATH, self._ib_status_handler)
+        app.router.add_post(routes.IB_RECONNECT_PATH, self._ib_reconnect_handler)
         # access_log=None: the relay logs what matters itself; shutdown_timeout keeps stop() quick.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -132,8 +140,8 @@ class ReferenceRelay:
 
     async def stop(self) -> None:
         """Close every connection, fail pending requests, stop listening. Idempotent."""
-        if self._provider is not None:
-            await self._drop(self._provider, "Provider disconnected", code=1001, reason="Relay shutting down")
+        for provider in list(self._providers):
+            await self._drop(provider, "Provider disconnected", code=1001, reason="Relay shutting down")
         for ws in list(self._sockets):
             await self._close_ws(ws, 1001, "Relay shutting down")
         for t in list(self._tasks):
@@ -166,8 +174,25 @@ class ReferenceRelay:
     # --- inspection helpers ----------------------------------------------------------------------
 
     @property
+    def _provider(self) -> _Provider | None:
+        """The agent requests go to: the highest version, the most recently connected on a tie (the cloud's
+        rule, routes.outranks)."""
+        best = None
+        for p in self._providers:              # in the order they connected
+            if not p.gone and (best is None or routes.outranks(p.version, best.version)):
+                best = p
+        return best
+
+    @property
+    def providers(self) -> list[dict]:
+        """Every connected agent: provider_id, version, connected_at, routed (bool), boot_phase."""
+        routed = self._provider
+        return [{"provider_id": p.provider_id, "version": p.version, "connected_at": p.connected_at,
+                 "routed": p is routed, "boot_phase": p.boot_phase} for p in self._providers if not p.gone]
+
+    @property
     def provider_connected(self) -> bool:
-        return self._provider is not None and not self._provider.gone
+        return self._provider is not None
 
     @property
     def provider_id(self) -> str | None:
@@ -179,7 +204,7 @@ class ReferenceRelay:
 
     @property
     def pending_count(self) -> int:
-        return len(self._provider.pending) if self._provider is not None else 0
+        return sum(len(p.pending) for p in self._providers)
 
     async def wait_provider(self, timeout: float) -> str:
         """Wait until a provider has authenticated; returns its provider_id. asyncio.TimeoutError otherwise."""
@@ -221,11 +246,21 @@ class ReferenceRelay:
     # --- faults ------------------------------------------------------------------------------------
 
     async def kick_provider(self, code: int = 1001, reason: str = "Relay restarting") -> bool:
-        """Close the provider's connection as a relay restart would; its pending requests fail. False if none."""
-        if self._provider is None:
-            return False
-        await self._drop(self._provider, "Provider disconnected", code=code, reason=reason)
-        return True
+        """Close every agent's connection as a relay restart would; their pending requests fail. False if none."""
+        live = [p for p in self._providers if not p.gone]
+        for provider in live:
+            await self._drop(provider, "Provider disconnected", code=code, reason=reason)
+        return bool(live)
+
+    def silence(self) -> str | None:
+        """Make the routed agent's connection silent, as a dead NAT entry or a sleeping laptop would: the relay
+        stops reading it and answering it (no heartbeat_ack, no pong) but keeps the socket open, until the
+        heartbeat watchdog drops it. Returns that agent's provider_id (None when none is connected)."""
+        provider = self._provider
+        if provider is None:
+            return None
+        provider.silenced = asyncio.Event()
+        return provider.provider_id
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -260,6 +295,37 @@ class ReferenceRelay:
         finally:
             provider.pending.pop(rid, None)
 
+    async def request_raw(self, data: str | bytes, request_id: str | None = None,
+                          timeout: float = 15.0) -> dict | None:
+        """Send ``data`` to the routed agent exactly as given (any text or bytes: a fuzzer's or an attacker's
+        frame) and, when ``request_id`` is given, return the agent's response to that id (RequestTimeout when
+        none comes within ``timeout``). Without request_id, returns None once sent."""
+        provider = self._provider
+        if provider is None:
+            raise NoProvider()
+        fut: asyncio.Future | None = None
+        if request_id is not None:
+            fut = asyncio.get_running_loop().create_future()
+            provider.pending[request_id] = fut
+        try:
+            async with provider.send_lock:
+                try:
+                    if isinstance(data, str):
+                        await provider.ws.send_str(data)
+                    else:
+                        await provider.ws.send_bytes(bytes(data))
+                except (ConnectionError, RuntimeError) as exc:
+                    raise ProviderDisconnected(f"Provider disconnected ({exc})") from exc
+            if fut is None:
+                return None
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                raise RequestTimeout("raw frame", request_id or "", timeout) from None
+        finally:
+            if request_id is not None:
+                provider.pending.pop(request_id, None)
+
     # --- WebSocket side ----------------------------------------------------------------------------
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
@@ -276,6 +342,8 @@ class ReferenceRelay:
             self._sockets.discard(ws)
             if provider is not None:
                 await self._drop(provider, "Provider disconnected")
+                self.close_codes.append(ws.close_code)
+                await self._notify()
         return ws
 
     async def _authenticate(self, ws: web.WebSocketResponse) -> _Provider | None:
@@ -302,13 +370,10 @@ class ReferenceRelay:
         if not key_ok:
             await self._reject(ws, "Invalid API key")
             return None
-        old = self._provider
         provider = _Provider(ws=ws, provider_id=secrets.token_hex(4), version=version, connected_at=time.time(),
                              last_heartbeat=asyncio.get_running_loop().time())
-        if old is not None:
-            # One provider per key, as the cloud: the newcomer wins and the old one's requests fail.
-            await self._drop(old, "Provider disconnected", code=1000, reason="Replaced by a new connection")
-        self._provider = provider
+        # Several agents per user, as the cloud: the newcomer joins; routing picks by version (see _provider).
+        self._providers.append(provider)
         self.providers_seen += 1
         await provider.send({"type": "auth_response", "success": True, "provider_id": provider.provider_id})
         log.info("provider %s authenticated (agent %s)", provider.provider_id, version)
@@ -327,6 +392,8 @@ class ReferenceRelay:
         self._tasks.add(watchdog)
         try:
             async for msg in provider.ws:
+                if provider.silenced is not None:
+                    await provider.silenced.wait()      # set only when it is dropped: silent until then
                 if msg.type == WSMsgType.TEXT:
                     frame = self._parse(msg.data)
                     if frame is None:
@@ -362,6 +429,9 @@ class ReferenceRelay:
             self.accounts = [str(a) for a in accounts] if isinstance(accounts, list) else []
         elif kind == "boot_phase":
             self.boot_phases.append(frame)
+            phase = frame.get("phase")
+            # Shown until boot_complete (the cloud's rule): any other phase replaces the one shown.
+            provider.boot_phase = None if phase == "boot_complete" else str(phase)
         elif kind == "account_event":
             event = frame.get("event")
             if isinstance(event, dict):
@@ -397,8 +467,10 @@ class ReferenceRelay:
         if provider.gone:
             return
         provider.gone = True
-        if self._provider is provider:
-            self._provider = None
+        if provider.silenced is not None:
+            provider.silenced.set()             # its handler may now see the close and end
+        if provider in self._providers:
+            self._providers.remove(provider)
         for fut in list(provider.pending.values()):
             if not fut.done():
                 fut.set_exception(ProviderDisconnected(error))
@@ -471,4 +543,21 @@ class ReferenceRelay:
             provider.agent_state if connected and provider else None, provider_connected=connected,
             provider_id=provider.provider_id if connected and provider else None,
             agent_version=provider.version if connected and provider else None,
-            state_ts=provider.agent_state_ts if connected and provider else None))
+            state_ts=provider.agent_state_ts if connected and provider else None,
+            boot_phase=provider.boot_phase if connected and provider else None))
+
+    async def _ib_reconnect_handler(self, request: web.Request) -> web.Response:
+        """The web app's "Reconnect IB": {force} in, {success, connected, message} out (from the agent's data)."""
+        body = await self._json_body(request)
+        if body is None:
+            return web.json_response({"detail": "Request body must be a JSON object"}, status=400)
+        try:
+            frame = await self.request("ib_reconnect", {"force": body.get("force") is True,
+                                                        "_priority": routes.PRIORITY.get("ib_reconnect", 0)})
+        except NoProvider as exc:
+            return web.json_response({"detail": str(exc)}, status=503)
+        except RequestTimeout as exc:
+            return web.json_response({"detail": str(exc)}, status=504)
+        except ProviderDisconnected as exc:
+            return web.json_response({"detail": str(exc)}, status=500)
+        return web.json_response(routes.reconnect_answer(frame), status=200)
