@@ -21,6 +21,7 @@ import sys
 from typing import Any, Callable, Coroutine
 
 from agent import VERSION
+from agent.aio import run_within
 from agent.dispatch import AgentContext, Dispatcher, agent_state, register_core
 from agent.orders import handlers as order_handlers
 from agent.orders.desk import STOP_WAIT, OrderDesk
@@ -182,7 +183,7 @@ class Daemon:
     async def close(self) -> None:
         """Cancel market data and disconnect from TWS, within CLOSE_TIMEOUT. Safe while being cancelled."""
         try:
-            await asyncio.wait_for(self.bridge.close(), CLOSE_TIMEOUT)
+            await run_within(self.bridge.close(), CLOSE_TIMEOUT)
         except asyncio.TimeoutError:
             log.warning("TWS did not disconnect within %.1f s; exiting anyway", CLOSE_TIMEOUT)
         except asyncio.CancelledError:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from agent import VERSION
 from agent import console
 from agent.admission import Admission
+from agent.aio import run_within
 from agent.echo import echo
 from agent.errors import AgentError, IBDisconnected, IBError
 from agent.pacer import current_flow
@@ -220,7 +221,7 @@ class Dispatcher:
         self.in_flight[rid] = rtype
         t0 = time.monotonic()
         try:
-            data = await asyncio.wait_for(route.handler(self.ctx, payload), timeout=deadline)
+            data = await run_within(route.handler(self.ctx, payload), deadline)
         except asyncio.TimeoutError:
             ms = (time.monotonic() - t0) * 1000
             self.failed += 1
@@ -280,7 +281,7 @@ RECONNECT_WAIT = 20.0    # inside the dispatcher's 25 s deadline (the relay wait
 async def ib_reconnect(ctx: AgentContext, p: ReconnectPayload) -> dict:
     """Reconnect now; answer within RECONNECT_WAIT whether or not TWS came back (the supervisor keeps trying)."""
     try:
-        message = await asyncio.wait_for(ctx.bridge.reconnect(force=p.force), RECONNECT_WAIT)
+        message = await run_within(ctx.bridge.reconnect(force=p.force), RECONNECT_WAIT)
     except asyncio.TimeoutError:
         message = f"{ctx.bridge.status_message} (still trying; the agent keeps reconnecting by itself)"
     # The relay's ib-reconnect route reads success and connected (an answer with ok alone read as failed and

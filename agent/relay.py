@@ -32,6 +32,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from agent import VERSION, console
+from agent.aio import run_within
 from agent.echo import clip, echo
 from agent.errors import RelayAuthFailed
 from agent.protocol import (MAX_FRAME_BYTES, FrameRejected, _clean, account_event_frame, accounts_frame,
@@ -326,7 +327,7 @@ class RelayClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise asyncio.TimeoutError()
-            raw = await asyncio.wait_for(ws.recv(), remaining)
+            raw = await run_within(ws.recv(), remaining)
             try:
                 frame = decode_frame(raw)
             except FrameRejected as e:

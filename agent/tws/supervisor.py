@@ -12,6 +12,7 @@ import time
 
 from tenacity import RetryCallState
 
+from agent.aio import run_within, wait_event
 from agent.errors import IBDisconnected, RequestTimeout
 from agent.retry import fault_of, reconnecting
 from agent.tws.wrapper import Session
@@ -47,9 +48,7 @@ class Supervisor:
                 # and then that TWS still answers: a hung TWS keeps its socket open but answers nothing.
                 while session is not None and not session.lost and self._session is session:
                     kick.clear()
-                    try:
-                        await asyncio.wait_for(kick.wait(), self.health_interval)
-                    except asyncio.TimeoutError:
+                    if not await wait_event(kick, self.health_interval):
                         await self._health_check(session)
                 if self._stopped:
                     break
@@ -104,20 +103,15 @@ class Supervisor:
         if self._skip_backoff:
             self._skip_backoff = False
             return
-        try:
-            await asyncio.wait_for(kick.wait(), max(0.0, delay))
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(kick, delay)
         self._skip_backoff = False
         kick.clear()
 
     async def wait_connected(self, timeout: float) -> None:
         if self.connected:
             return
-        try:
-            await asyncio.wait_for(self._evt("_connected_evt").wait(), timeout)
-        except asyncio.TimeoutError:
-            raise IBDisconnected(f"Not connected to TWS: {self.status_message}") from None
+        if not await wait_event(self._evt("_connected_evt"), timeout):
+            raise IBDisconnected(f"Not connected to TWS: {self.status_message}")
 
     async def reconnect(self, force: bool = False) -> str:
         """Reconnect now (``force``: even when connected). Returns the status message."""
@@ -165,7 +159,7 @@ class Supervisor:
             session = self._session
             if polite and session is not None and not session.lost and self._lines:
                 try:
-                    await asyncio.wait_for(self._cancel_all_lines(session), CLOSE_CANCEL_BUDGET)
+                    await run_within(self._cancel_all_lines(session), CLOSE_CANCEL_BUDGET)
                 except (asyncio.TimeoutError, IBDisconnected):
                     pass    # TWS drops a client's subscriptions with its socket anyway
             if session is not None:
