@@ -18,7 +18,7 @@ from agent.pacer import Ticket
 from agent.tws import ticks
 from agent.tws.lines import MarketDataLine
 from agent.tws.wrapper import Session, to_ib_contract
-from agent.types import Contract
+from agent.types import Contract, Quote
 
 log = logging.getLogger("agent.tws")
 
@@ -105,7 +105,11 @@ class MarketData:
         return len(self._lines)
 
     async def _resubscribe(self, session: Session) -> None:
-        """After 1101 (data lost) re-request every open line with its own reqId."""
+        """After 1101 (data lost) re-request every open line with its own reqId. What a line heard before the
+        loss is forgotten, so nobody answers from it as if it were live (a warm leg waits for fresh ticks)."""
+        for line in list(self._lines.values()):
+            if not line.closed and line._closing is None and line.quote.error_code is None:
+                line.quote = Quote()
         for line in list(self._lines.values()):
             if line.closed or line._closing is not None or line.quote.error_code is not None:
                 continue        # closing, or failed for good (e.g. 200): asking again would not help
