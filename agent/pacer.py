@@ -32,8 +32,8 @@ from agent.message_queue import BULK, CANCEL, URGENT, MessageQueue, RoundRobin
 
 # Re-exported: the pure parts live in their own modules; callers import them from here as before.
 __all__ = ["BULK", "CANCEL", "JITTER_GUARD", "SMALL_REQUEST_LINES", "URGENT", "LineBudget", "LineDemand",
-           "MessageQueue", "Pacer", "RoundRobin", "SlidingWindow", "Ticket", "TokenBucket", "current_bulk",
-           "current_flow"]
+           "MessageLimiter", "MessageQueue", "Pacer", "QuietCredit", "RoundRobin", "SlidingWindow", "Ticket",
+           "TokenBucket", "current_bulk", "current_flow"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,63 @@ class TokenBucket:
         self._tokens = max(0.0, self._tokens - 1.0)
 
 
+class QuietCredit:
+    """Sends in the last ``quiet`` seconds; while fewer than ``credit``, a send may skip the spacing (pure).
+
+    Why: after a quiet spell, a small request (a sell scan's 20-odd lines, a Monitor refresh) would otherwise
+    wait 1/rate s per message although TWS has seen nothing for seconds. It stays as safe as the spacing alone:
+    any interval of 1 s + JITTER_GUARD holds at most ``capacity`` sends (the window, always); and in any longer
+    interval up to ``quiet`` - 1 s, the sends that skipped the spacing plus those before them number fewer than
+    ``credit``, so a 1.2 s interval holds at most max(capacity, credit) + burst + rate x 0.1 sends, the same
+    bound the spacing gives (checked by a hypothesis property). A second burst waits until the first has left
+    the quiet window, so bursts never meet in one of TWS's seconds.
+    """
+
+    def __init__(self, credit: int, quiet: float):
+        if credit < 0 or quiet <= 0:
+            raise ValueError(f"credit must be >= 0 and quiet > 0, got {credit}, {quiet}")
+        self.credit = credit
+        self.quiet = quiet
+        self._sends: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        while self._sends and now - self._sends[0] >= self.quiet:
+            self._sends.popleft()
+
+    def open(self, now: float) -> bool:
+        """May a send now skip the spacing?"""
+        self._expire(now)
+        return len(self._sends) < self.credit
+
+    def record(self, now: float) -> None:
+        self._expire(now)
+        self._sends.append(now)
+
+
+class MessageLimiter:
+    """The pacer's whole rule for when the next message may go (pure): the sliding window always; the token
+    bucket's spacing too, unless the quiet credit lets a short burst through."""
+
+    def __init__(self, capacity: int, window: float, burst: int, credit: int, quiet: float):
+        self.window = SlidingWindow(capacity, window)
+        self.bucket = TokenBucket(capacity / window, max(1, min(burst, capacity)))
+        self.credit = QuietCredit(max(0, min(credit, capacity)), quiet)
+
+    def delay(self, now: float) -> float:
+        w = self.window.delay(now)
+        if self.credit.open(now):
+            return w
+        return max(w, self.bucket.delay(now))
+
+    def record(self, now: float) -> int:
+        """Count a send at ``now`` (call ``delay`` first); returns how many the window now holds."""
+        if self.bucket.delay(now) == 0.0:
+            self.bucket.record(now)         # else it rode on the quiet credit
+        self.credit.record(now)
+        return self.window.record(now)
+
+
+
 # --- the asyncio pacer -----------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
@@ -148,11 +205,14 @@ class Pacer:
 
     def __init__(self, rate: float = 45.0, max_lines: int = 100, line_margin: int = 10,
                  clock: Callable[[], float] = time.monotonic, *, line_reserve: int | None = None,
-                 burst: int = 2, window: float = 1.0 + JITTER_GUARD):
+                 burst: int = 2, window: float = 1.0 + JITTER_GUARD, quiet_burst: int | None = None):
         self.rate = rate
         self._clock = clock
-        self._window = SlidingWindow(max(1, int(math.floor(rate))), window)
-        self._bucket = TokenBucket(self._window.capacity / window, max(1, min(burst, self._window.capacity)))
+        capacity = max(1, int(math.floor(rate)))
+        # After a quiet spell (2 windows), up to capacity - 5 messages may go without spacing (QuietCredit).
+        credit = max(0, capacity - 5) if quiet_burst is None else quiet_burst
+        self._limiter = MessageLimiter(capacity, window, burst, credit, 2 * window)
+        self._window, self._bucket = self._limiter.window, self._limiter.bucket
         self._waiting: MessageQueue[asyncio.Future] = MessageQueue()
         self._pump_task: asyncio.Task | None = None
         self._lines = LineBudget(max(1, max_lines - line_margin), line_reserve)
@@ -164,6 +224,11 @@ class Pacer:
         self.waits = 0              # messages that had to wait for a token
         self.line_waits = 0         # acquire_lines calls that had to wait
         self.lines_reclaimed = 0    # warm lines given up for a waiting request
+
+    @property
+    def quiet_window(self) -> float:
+        """Seconds without traffic after which a short burst may skip the spacing (``QuietCredit``)."""
+        return self._limiter.credit.quiet
 
     @property
     def sustained_rate(self) -> float:
@@ -234,11 +299,10 @@ class Pacer:
         return False
 
     def _delay(self, now: float) -> float:
-        return max(self._window.delay(now), self._bucket.delay(now))
+        return self._limiter.delay(now)
 
     def _count(self, now: float) -> None:
-        self._bucket.record(now)
-        n = self._window.record(now)
+        n = self._limiter.record(now)
         self.messages_sent += 1
         self.peak_rate_1s = max(self.peak_rate_1s, n)
 
@@ -358,8 +422,9 @@ class Pacer:
         self._reclaimer = reclaim
 
     def may_warm(self) -> bool:
-        """May a line be kept warm now? Not while a request waits for lines: warm lines yield first."""
-        return not self.lines_short
+        """May a line be kept warm now? Not while a request that cannot go on waits for lines (one holding none,
+        or a small one): warm lines yield first. A big request that streams on its own lines does not stop it."""
+        return not any(d.held == 0 or d.small for (_, d, _) in self._line_waiters)
 
     def warm_lines(self, n: int = 1) -> None:
         """``n`` lines in use become warm (the caller keeps them streaming instead of cancelling them)."""

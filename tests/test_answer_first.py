@@ -70,7 +70,7 @@ def bad_codes(stats: dict) -> list[int]:
 
 async def test_the_answer_comes_before_the_cancels():
     """A batch answers while its cancels still wait in the pacer; they all reach TWS afterwards."""
-    pacer = Pacer(rate=20, burst=1)         # a token every 55 ms: the cancels queue behind the answer
+    pacer = Pacer(rate=20, burst=1, quiet_burst=0)  # a token every 55 ms: the cancels queue behind the answer
     async with stack(pacer) as (sim, bridge, scanner, sent):
         quotes = await scanner.get_option_data_batch(listed(sim, "AAPL", 6), need_greeks=True)
         assert all(q.has_price and q.delta is not None for q in quotes)
@@ -99,7 +99,7 @@ async def test_no_request_overtakes_a_cancel_lines_never_exceed_the_budget():
 
 async def test_only_the_cancels_the_budget_forces_go_before_the_last_request():
     """24 contracts on 9 lines (12 less the reserve): exactly 15 cancels precede the last reqMktData."""
-    pacer = Pacer(max_lines=12, line_margin=0, burst=1)
+    pacer = Pacer(max_lines=12, line_margin=0, burst=1, quiet_burst=0)     # one token at a time
     async with stack(pacer, sim_lines=12) as (sim, bridge, scanner, sent):
         await scanner.get_option_data_batch(listed(sim, "SPY", 24), need_greeks=True)
         last_request = max(i for i, (what, _, _) in enumerate(sent) if what == "reqMktData")

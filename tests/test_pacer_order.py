@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from agent.line_budget import SMALL_REQUEST_LINES, LineBudget, LineDemand
 from agent.message_queue import BULK, CANCEL, URGENT, MessageQueue
-from agent.pacer import Pacer, current_bulk, current_flow
+from agent.pacer import JITTER_GUARD, MessageLimiter, Pacer, SlidingWindow, TokenBucket, current_bulk, current_flow
 
 KINDS = st.sampled_from([URGENT, BULK, CANCEL])
 FLOWS = st.sampled_from(["chain", "legs", "scan"])
@@ -141,6 +141,75 @@ def test_warm_lines_count_within_lines_in_use():
     assert b.in_use == 1 and b.warm == 1
 
 
+# --- the quiet credit: a short burst after a quiet spell, as safe as the spacing --------------------------
+
+def _send_times(limiter, arrivals: list[float]) -> list[float]:
+    """Send one message per arrival, as early as the limiter allows; returns the send times."""
+    sends, t = [], 0.0
+    for a in arrivals:
+        t = max(t, a)
+        d = limiter.delay(t)
+        while d > 0:
+            t += d
+            d = limiter.delay(t)
+        limiter.record(t)
+        sends.append(t)
+    return sends
+
+
+class _Spacing:
+    """The pacer's rule without the quiet credit: window and token bucket (what the credit is compared with)."""
+
+    def __init__(self, capacity: int, window: float, burst: int):
+        self.w, self.b = SlidingWindow(capacity, window), TokenBucket(capacity / window, burst)
+
+    def delay(self, t: float) -> float:
+        return max(self.w.delay(t), self.b.delay(t))
+
+    def record(self, t: float) -> None:
+        self.b.record(t)
+        self.w.record(t)
+
+
+def _most_in(sends: list[float], span: float) -> int:
+    """The most sends any interval [t, t + span] holds."""
+    best, j = 0, 0
+    for i in range(len(sends)):
+        while sends[i] - sends[j] > span + 1e-9:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(gaps=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 0.05), st.floats(0.5, 3.0)), min_size=1, max_size=300))
+def test_quiet_credit_keeps_every_second_of_tws_within_the_spacings_bound(gaps):
+    """Property: with bursts after quiet spells, any 1.1 s holds <= 45 sends and any 1 s + up to 0.2 s of jitter
+    holds no more than the spacing alone would allow (so TWS's count stays as safe as before)."""
+    arrivals, t = [], 0.0
+    for g in gaps:
+        t += g
+        arrivals.append(t)
+    window = 1.0 + JITTER_GUARD
+    sends = _send_times(MessageLimiter(45, window, 2, 40, 2 * window), arrivals)
+    assert _most_in(sends, window - 1e-6) <= 45
+    for jitter in (0.12, 0.15, 0.2):
+        spacing_bound = int(2 + 45 / window * (1.0 + jitter) + 1e-9)
+        assert _most_in(sends, 1.0 + jitter) <= max(45, spacing_bound)
+
+
+def test_quiet_credit_sends_a_small_burst_at_once_and_then_spaces():
+    """After a quiet spell 30 messages go at once; right after, the spacing applies again (no second burst)."""
+    lim = MessageLimiter(45, 1.1, 2, 40, 2.2)
+    sends = _send_times(lim, [0.0] * 30)
+    assert sends == [0.0] * 30
+    more = _send_times(lim, [0.5] * 20)
+    assert more[:10] == [0.5] * 10                  # the credit's last 10 of 40
+    assert all(b - a >= 1.1 / 45 - 1e-9 for a, b in zip(more[9:14], more[10:15]))   # then spaced again
+    assert max(more.count(t) for t in more[10:]) <= 2                               # never more than the burst
+    assert _send_times(_Spacing(45, 1.1, 2), [0.0] * 30)[-1] > 0.6    # the spacing alone: 30 take 0.66 s
+
+
 # --- the asyncio pacer keeping the order ------------------------------------------------------------
 
 async def _sends(p: Pacer, plan: list[tuple[str, str]]) -> list[str]:
@@ -162,7 +231,7 @@ async def _sends(p: Pacer, plan: list[tuple[str, str]]) -> list[str]:
 
 async def test_urgent_requests_pass_bulk_ones_and_cancels_wait_while_lines_are_free():
     """Lines free: a Monitor leg's request passes a chain's queued bulk requests, which pass the queued cancels."""
-    p = Pacer(rate=10, burst=1)
+    p = Pacer(rate=10, burst=1, quiet_burst=0)
     await p.message()                               # the next token is 0.11 s away: everything below queues
     plan = [("chain", "x1"), ("chain", "x2"), ("chain", "b1"), ("chain", "b2"), ("legs", "u1")]
     assert await asyncio.wait_for(_sends(p, plan), 10) == ["u1", "b1", "b2", "x1", "x2"]
@@ -170,7 +239,7 @@ async def test_urgent_requests_pass_bulk_ones_and_cancels_wait_while_lines_are_f
 
 async def test_cancels_go_first_when_a_request_waits_for_lines():
     """A request waiting for a line: the cancels that free lines go before bulk requests (urgent still first)."""
-    p = Pacer(rate=10, burst=1, max_lines=2, line_margin=0)
+    p = Pacer(rate=10, burst=1, max_lines=2, line_margin=0, quiet_burst=0)
     assert await p.acquire_lines(2) == 2
     waiter = asyncio.ensure_future(p.acquire_lines(1))
     await asyncio.sleep(0)
@@ -218,10 +287,11 @@ async def test_reclaimer_is_asked_for_warm_lines_when_a_request_holds_none():
     streaming = asyncio.ensure_future(p.acquire_lines(20, demand=LineDemand(size=20, held=3)))
     await asyncio.sleep(0)
     assert asked == []                              # it goes on with its own lines
+    assert p.may_warm()                             # and does not stop a Monitor leg from staying warm
     starving = asyncio.ensure_future(p.acquire_lines(20, demand=LineDemand(size=20, held=0)))
     await asyncio.sleep(0)
     assert asked == [8]
-    assert not p.may_warm()                         # no line is kept warm while a request waits
+    assert not p.may_warm()                         # no line is kept warm while a request starves
     for t in (streaming, starving):
         t.cancel()
     await asyncio.gather(streaming, starving, return_exceptions=True)

@@ -301,6 +301,7 @@ async def test_callbacks_from_another_thread_become_events_and_a_bad_one_is_cont
 async def test_read_only_error_sets_read_only_session_and_1100_2110_mark_data_unavailable():
     """321 'Read-Only' marks the session read-only; 1100/2110 mark data unavailable and a farm OK restores it."""
     async with simulator() as sim, bridge_for(sim.port) as b:
+        await sync(b)           # the farm-OK messages TWS sends after the handshake are in: they come before 2110
         assert b.read_only_session is None and b.data_available
         w = b._session.wrapper
         w.error(-1, 321, "Error validating request.-'bN' : cause - The API interface is currently in Read-Only mode.")
