@@ -5,8 +5,9 @@ wait for its greeks every time. After a ``fetch_prices``, its legs' lines are ke
 ``IB_WARM_SECONDS`` after the last request that asked for them, within ``IB_WARM_LINES`` lines of the budget.
 A refresh whose legs are warm reads their quotes at once (``WarmLines.lines_for``).
 
-Warm lines are the first to go: none is kept while a request waits for lines, and the pacer asks for them back
-(``Pacer.set_reclaimer``) when a request cannot get a line any other way (agent/line_budget.py). They are
+Warm lines are the first to go: none is kept while a request that cannot go on waits for lines, and the pacer
+asks for them back (``Pacer.set_reclaimer``) when a request cannot get a line any other way
+(agent/line_budget.py). A big request that streams on lines of its own (a chain) leaves them alone. They are
 re-requested by the bridge after 1101 like every open line, and dropped when the connection goes (the line's
 ``on_close``). ``WarmBook`` is the pure bookkeeping (which lines, until when, which go first); ``WarmLines`` adds
 the lines, the pacer and a timer.
@@ -151,8 +152,8 @@ class WarmLines:
 
     def adopt(self, line, since: float | None = None) -> bool:
         """Keep this finished line streaming instead of cancelling it. False: the caller cancels it as usual
-        (off, full of legs asked more recently, already warm for this contract, a request waits for lines, or
-        the line cannot answer)."""
+        (off, full of legs asked more recently, already warm for this contract, a request that cannot go on
+        waits for lines, or the line cannot answer)."""
         if not self.enabled or not usable(line) or not self.pacer.may_warm():
             return False
         key = line.contract.key
