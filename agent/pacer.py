@@ -218,7 +218,7 @@ class Pacer:
         self._lines = LineBudget(max(1, max_lines - line_margin), line_reserve)
         self._line_waiters: list[tuple[int, LineDemand, asyncio.Future]] = []
         self._cancels_open: set[Ticket] = set()     # cancel tickets whose line has not come back yet
-        self._reclaimer: Callable[[int], int] | None = None
+        self._reclaimers: list[Callable[[int], int]] = []
         self.messages_sent = 0
         self.peak_rate_1s = 0
         self.waits = 0              # messages that had to wait for a token
@@ -411,15 +411,20 @@ class Pacer:
             else:
                 still.append(entry)
         self._line_waiters = still
-        if still and self._lines.warm and self._reclaimer is not None:
+        if still and self._lines.warm and self._reclaimers:
             n = self._lines.reclaim([w for (w, _, _) in still], [d for (_, d, _) in still], self.lines_closing)
-            if n:
-                self.lines_reclaimed += self._reclaimer(n)
+            for reclaim in list(self._reclaimers):
+                if n <= 0:
+                    break
+                got = reclaim(n)
+                self.lines_reclaimed += got
+                n -= got
 
     # -- warm lines (agent/warm.py) --
-    def set_reclaimer(self, reclaim: Callable[[int], int] | None) -> None:
+    def add_reclaimer(self, reclaim: Callable[[int], int]) -> None:
         """``reclaim(n)`` starts the cancels of up to n warm lines (calling ``cool_lines``) and says how many."""
-        self._reclaimer = reclaim
+        if reclaim not in self._reclaimers:
+            self._reclaimers.append(reclaim)
 
     def may_warm(self) -> bool:
         """May a line be kept warm now? Not while a request that cannot go on waits for lines (one holding none,

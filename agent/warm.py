@@ -6,7 +6,7 @@ wait for its greeks every time. After a ``fetch_prices``, its legs' lines are ke
 A refresh whose legs are warm reads their quotes at once (``WarmLines.lines_for``).
 
 Warm lines are the first to go: none is kept while a request that cannot go on waits for lines, and the pacer
-asks for them back (``Pacer.set_reclaimer``) when a request cannot get a line any other way
+asks for them back (``Pacer.add_reclaimer``) when a request cannot get a line any other way
 (agent/line_budget.py). A big request that streams on lines of its own (a chain) leaves them alone. They are
 re-requested by the bridge after 1101 like every open line, and dropped when the connection goes (the line's
 ``on_close``). ``WarmBook`` is the pure bookkeeping (which lines, until when, which go first); ``WarmLines`` adds
@@ -123,8 +123,6 @@ class WarmLines:
         self._clock = clock
         self._timer: asyncio.TimerHandle | None = None
         self.stats = {"adopted": 0, "hits": 0, "expired": 0, "reclaimed": 0, "pushed_out": 0, "lost": 0}
-        if self.enabled:
-            pacer.set_reclaimer(self._reclaim)
 
     @property
     def enabled(self) -> bool:
@@ -164,6 +162,7 @@ class WarmLines:
         if not kept:
             return False
         self.pacer.warm_lines(1)
+        self.pacer.add_reclaimer(self._reclaim)     # from the first warm line on, the pacer may ask for them back
         line.on_close(self._closed)
         self.stats["adopted"] += 1
         self._arm()

@@ -281,7 +281,7 @@ async def test_reclaimer_is_asked_for_warm_lines_when_a_request_holds_none():
     """Warm lines in the way: a request that holds none asks the reclaimer; one that streams does not."""
     p = Pacer(max_lines=10, line_margin=0)          # budget 10, reserve 2
     asked: list[int] = []
-    p.set_reclaimer(lambda n: asked.append(n) or n)
+    p.add_reclaimer(lambda n: asked.append(n) or n)
     assert await p.acquire_lines(8) == 8            # 8 lines become warm
     p.warm_lines(8)
     streaming = asyncio.ensure_future(p.acquire_lines(20, demand=LineDemand(size=20, held=3)))
