@@ -27,9 +27,8 @@ from agent.rows import (chain_row, price_row, rank_for_seller, sell_row, underly
                         underlying_row)
 from agent.batch import (NEED_GREEKS, NEED_QUOTES, NEED_STATS, SETTLE, Keep, LineBatch, heard_nothing,
                          line_done, line_settled, settle_all, snapshot, stock_done)
-from agent.selection import (chain_expirations, chain_strikes, check_request_size, dedupe, listed_contracts,
-                             merge_option_params, pick_multiplier, sell_scan_expirations, sell_scan_strikes,
-                             add_business_days)
+from agent.selection import (add_business_days, chain_expirations, chain_strikes, check_request_size, dedupe,
+                             listed_contracts, sell_scan_expirations, sell_scan_strikes)
 from agent.types import Contract, ContractInfo, Quote
 from agent.lookups import NO_SECURITY, Lookups, Cached, gather_all
 from agent.warm import DEFAULT_WARM_LINES, DEFAULT_WARM_SECONDS, WarmLines

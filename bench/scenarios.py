@@ -24,7 +24,7 @@ from agent.protocol import FetchPricesPayload, SellScanPayload
 from agent.settings import Settings
 from agent.tws import TwsBridge
 from agent.types import Contract
-from bench.fixed import FixedDesign, fixed_seconds, fixed_stack
+from bench.fixed import fixed_seconds, fixed_stack
 from ib_scanner import OptionScanner
 from sim.tws import SimConfig, TwsSimulator
 from sim.tws.contracts import resolve

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent.line_budget import SMALL_REQUEST_LINES, LineBudget, LineDemand
+from agent.line_budget import LineBudget, LineDemand
 from agent.message_queue import BULK, CANCEL, URGENT, MessageQueue
 from agent.pacer import JITTER_GUARD, MessageLimiter, Pacer, SlidingWindow, TokenBucket, current_bulk, current_flow
 
