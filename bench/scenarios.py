@@ -322,8 +322,8 @@ async def sell_scan(seed: int, runs: int, measure_fixed: bool) -> Row:
     slow = sum(1 for f in floors if f > 1.0)
     return Row(f"sell_scan, {min(sizes)}-{max(sizes)} contracts, cold", times, median(floors), fixed, how,
                "median <= 0.5x fixed", median(times) / fixed <= 0.5,
-               f"{len(SELL_SCANS[:runs])} scans (4 symbols x calls/puts), 2.2 s apart; floor: the stock's price, then the slowest "
-               f"contract's data latency; {slow} of {len(floors)} scans hold one of the simulator's slow contracts "
+               f"{len(SELL_SCANS[:runs])} scans (4 symbols x calls/puts), 2.2 s apart; floor: the stock's price, "
+               f"then the slowest contract's data latency; {slow} of {len(floors)} scans hold one of the simulator's slow contracts "
                f"(1-2 s), which bounds them; the price by symbol at once, the option parameters and listings "
                f"overlap it", lim)
 
