@@ -80,7 +80,7 @@ class OptionScanner(Lookups):
         self.stats = {"contracts": 0, "lines_opened": 0, "early_ends": 0, "window_ends": 0, "chain_cache_hits": 0,
                       "silent_lines": 0, "retried_contracts": 0, "warm_answers": 0}
         self.lines = LineBatch(bridge, pacer, self.stats, chunk_size=chunk_size, settle=settle)
-        self.warm = WarmLines(bridge, pacer, lines=warm_lines, seconds=warm_seconds)
+        self.warm = WarmLines(bridge, pacer, lines=warm_lines, seconds=warm_seconds, clock=clock)
 
     # --- the batched path (agent/batch.py) -------------------------------------------------------------
 
