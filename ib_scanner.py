@@ -1,16 +1,13 @@
 """The option-data path: Curate's chain, Monitor's spread legs and Account's sell scan over one batched path.
 
-Contract selection and row building are pure (agent/selection.py, agent/rows.py). This module adds the I/O:
-``OptionScanner.get_option_data_batch`` streams market data for many contracts through the daemon's one pacer,
-keeping up to 50 lines per request busy (fewer when the relay's ``_max_batch_size`` or the free line budget says
-so), ends each contract's line as soon as it has what the request needs (or is known to have none) and at most
-``window`` seconds after it was opened, and cancels every line in ``finally``. The flows (fetch_chain, sell_scan,
-fetch_prices, fetch_underlying, check_availability) pick contracts with the pure rules and shape the rows the web
+Contract selection and row building are pure (agent/selection.py, agent/rows.py). The line work is
+agent/batch.py: ``OptionScanner.get_option_data_batch`` streams market data for many contracts through the
+daemon's one pacer, on as many lines as the pacer grants the request, ends each contract's line as soon as it has
+what the request needs (or is known to have none) and at most ``window`` seconds after it was opened, and answers
+without waiting for the cancels, which the bridge sends afterwards. Monitor's legs stay warm between refreshes
+(agent/warm.py). The flows (fetch_chain, sell_scan, fetch_prices, fetch_underlying, check_availability) pick
+contracts with the pure rules, overlap the lookups that do not depend on each other, and shape the rows the web
 app reads.
-
-Line ownership (docs/design.md): a line reserved with ``pacer.acquire_lines`` is consumed by
-``bridge.open_market_data``; ``bridge.close_market_data`` returns it to the pacer after the cancelMktData went out;
-this module releases only lines it reserved and never opened.
 """
 
 from __future__ import annotations
@@ -20,20 +17,21 @@ import copy
 import datetime as _dt
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Callable, Sequence
 
 from agent.exchange_time import new_york_today
-from agent.errors import AgentError, IBDisconnected, IBError, InvalidRequest, RequestTimeout
+from agent.errors import IBDisconnected, IBError, InvalidRequest, RequestTimeout
 from agent.protocol import (FetchChainPayload, FetchPricesPayload, FetchUnderlyingPayload, SellScanPayload,
                             TickerPayload)
-from agent.rows import (chain_row, has_two_sided_nothing, price_row, rank_for_seller, sell_row, underlying_price,
+from agent.rows import (chain_row, price_row, rank_for_seller, sell_row, underlying_price,
                         underlying_row)
-from agent.pacer import SMALL_REQUEST_LINES
-from agent.selection import (chain_expirations, chain_strikes, check_request_size,
-                             concurrency, dedupe, listed_contracts, merge_option_params, pick_multiplier,
-                             sell_scan_expirations, sell_scan_strikes, add_business_days)
+from agent.batch import (NEED_GREEKS, NEED_QUOTES, NEED_STATS, SETTLE, Keep, LineBatch, heard_nothing,
+                         line_done, line_settled, settle_all, snapshot, stock_done)
+from agent.selection import (add_business_days, chain_expirations, chain_strikes, check_request_size, dedupe,
+                             listed_contracts, sell_scan_expirations, sell_scan_strikes)
 from agent.types import Contract, ContractInfo, Quote
+from agent.lookups import NO_SECURITY, Lookups, Cached, gather_all
+from agent.warm import DEFAULT_WARM_LINES, DEFAULT_WARM_SECONDS, WarmLines
 
 log = logging.getLogger("agent.scanner")
 
@@ -41,74 +39,11 @@ log = logging.getLogger("agent.scanner")
 # 104 historical volatility, 106 implied volatility (tick 24). Greeks come with option computation (21).
 OPTION_TICKS = "100,101,104,106"
 STOCK_TICKS = ""
-NO_SECURITY = 200            # IB: no security definition has been found for the request
 
 CHAIN_TTL = 60.0             # fetch_chain answers, per request key (the original's cache)
-PARAMS_TTL = 15 * 60.0       # expirations/strikes from reqSecDefOptParams
 SPOT_WINDOW = 4.0            # a stock quote may take longer than an option's (delayed data, first request)
-LISTING_TIMEOUT = 4.0        # one expiry's contract list (reqContractDetails, partly specified); else keep all strikes
-LISTING_RETRY = 60.0         # ask again this long after a listing did not come
-SETTLE = 0.3                 # after quotes + greeks, how long a chain line waits for volume / open interest
 RECOVERY_WAIT = 5.0          # lines went silent while TWS was cut off from IB (1100): wait this long for 1101/1102
 RECOVERY_POLL = 0.05         # the bridge exposes data_available as a flag, not an awaitable: look this often
-
-# What a line must have before it can be cancelled early.
-NEED_QUOTES, NEED_GREEKS, NEED_STATS = 1, 2, 4
-
-
-@dataclass
-class _Cached:
-    at: float
-    value: Any
-
-
-def _side_known(price: float | None, size: float | None) -> bool:
-    # IB sends a side as tickPrice then tickSize; "no bid" is price -1 (None here) with size 0, so a size
-    # without a price means the side is known to be empty.
-    return price is not None or size is not None
-
-
-def line_done(q: Quote, needs: int) -> bool:
-    """Has this line what the request needs, or is it known to have none? (pure)"""
-    if q.error_code is not None and not q.has_price:
-        return True                                   # 200 no such contract, 354 no permission, ...
-    quotes_known = _side_known(q.bid, q.bid_size) and _side_known(q.ask, q.ask_size)
-    if needs & NEED_QUOTES and not quotes_known:
-        return False
-    if quotes_known and has_two_sided_nothing(q) and q.last is None:
-        return True                                   # illiquid: "no bid" and "no ask", nothing to wait for
-    if needs & NEED_GREEKS and q.delta is None:
-        return False
-    if needs & NEED_STATS and q.open_interest is None:
-        return False
-    return True
-
-
-def line_settled(q: Quote, needs: int) -> bool:
-    """Done, and also holding what usually follows within milliseconds: open interest (first burst) and, when
-    greeks are wanted, the model computation (tick 13), which TWS sends right after the bid/ask/last ones. (pure)"""
-    if not line_done(q, needs | NEED_STATS):
-        return False
-    if needs & NEED_GREEKS and q.error_code is None:
-        comps = q.extra.get("computations")
-        if isinstance(comps, dict) and comps and "model" not in comps:
-            return False
-    return True
-
-
-def stock_done(q: Quote) -> bool:
-    """A stock line is done once it has a price to show (or failed)."""
-    if q.error_code is not None and not q.has_price:
-        return True
-    if q.last is not None and q.last > 0:
-        return True
-    return _side_known(q.bid, q.bid_size) and _side_known(q.ask, q.ask_size) and underlying_price(q) is not None
-
-
-def heard_nothing(q: Quote) -> bool:
-    """TWS sent nothing at all for this line: no price, no size (not even "no bid"), no error. (pure)"""
-    return (q.error_code is None and q.bid is None and q.ask is None and q.last is None and q.bid_size is None
-            and q.ask_size is None and q.close is None)
 
 
 CHECK_FARMS = "; check TWS's market data farms and your subscriptions, then retry"
@@ -120,69 +55,57 @@ def _no_price(symbol: str, q: Quote, when: str, advice: str) -> RequestTimeout:
     return RequestTimeout(f"IB sent no price for {symbol}{when}{why}{advice}")
 
 
-async def _settle_all(tasks: list[asyncio.Task]) -> None:
-    """Cancel what is still running and wait for every task's ``finally`` (where lines are cancelled)."""
-    for t in tasks:
-        if not t.done():
-            t.cancel()
-    if tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)
+async def _none() -> list:
+    return []
 
 
-async def _gather(*aws: Awaitable[Any]) -> list:
-    """asyncio.gather that, when one fails or the caller is cancelled, cancels and waits for the others."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        await _settle_all(tasks)
-
-
-class OptionScanner:
-    def __init__(self, bridge, pacer, *, chunk_size: int = 50, window: float = 2.5,
+class OptionScanner(Lookups):
+    def __init__(self, bridge, pacer, *, chunk_size: int | None = None, window: float = 2.5,
                  clock: Callable[[], float] = time.monotonic,
                  today: Callable[[], _dt.date] = new_york_today, settle: float = SETTLE,
-                 msg_rate: float | None = None):
+                 msg_rate: float | None = None, warm_lines: int = DEFAULT_WARM_LINES,
+                 warm_seconds: float = DEFAULT_WARM_SECONDS):
         self.bridge = bridge
         self.pacer = pacer
-        self.chunk_size = max(1, min(50, int(chunk_size)))
         self.window = window
         self.spot_window = SPOT_WINDOW
-        self.settle = settle
         self.msg_rate = float(msg_rate or getattr(pacer, "rate", 45.0) or 45.0)
         self._clock = clock
         self._today = today
         self._stocks: dict[str, ContractInfo] = {}            # conIds for the session
-        self._params: dict[str, _Cached] = {}                 # symbol -> (expirations, strikes, multiplier)
-        self._chains: dict[tuple, _Cached] = {}               # fetch_chain answers
-        self._listings: dict[tuple, _Cached] = {}             # (symbol, expiry) -> strikes IB lists
+        self._params: dict[str, Cached] = {}                 # symbol -> (expirations, strikes, multiplier)
+        self._chains: dict[tuple, Cached] = {}               # fetch_chain answers
+        self._listings: dict[tuple, Cached] = {}             # (symbol, expiry) -> strikes IB lists
         self._inflight: dict[tuple, asyncio.Future] = {}      # single-flight for the lookups above
         self.stats = {"contracts": 0, "lines_opened": 0, "early_ends": 0, "window_ends": 0, "chain_cache_hits": 0,
-                      "silent_lines": 0, "retried_contracts": 0}
-        self._silent_in_outage = 0     # lines that heard nothing while the bridge said TWS had no data (1100)
+                      "silent_lines": 0, "retried_contracts": 0, "warm_answers": 0}
+        self.lines = LineBatch(bridge, pacer, self.stats, chunk_size=chunk_size, settle=settle)
+        self.warm = WarmLines(bridge, pacer, lines=warm_lines, seconds=warm_seconds, clock=clock)
 
-    # --- the batched path -----------------------------------------------------------------------------
+    # --- the batched path (agent/batch.py) -------------------------------------------------------------
 
     async def get_option_data_batch(self, contracts: list[Contract], *, need_greeks: bool = False,
-                                    max_batch: int | None = None, need_stats: bool = False) -> list[Quote]:
+                                    max_batch: int | None = None, need_stats: bool = False,
+                                    keep: Keep | None = None) -> list[Quote]:
         """Quotes for ``contracts`` in input order; a failed contract's Quote carries error / error_code.
 
-        Duplicates are fetched once. Up to ``concurrency(...)`` lines are busy at once for this request; the next
-        contract starts as soon as a line is free (the pacer decides whose turn it is across requests).
+        Duplicates are fetched once. As many lines are busy at once as the pacer grants this request (the line
+        budget less the reserve for small requests, at most ``max_batch``); the next contract starts as soon as
+        a line is free. ``keep``: offered each finished line instead of its cancel (warm legs).
         """
         unique, index = dedupe(contracts)
         needs = NEED_QUOTES | (NEED_GREEKS if need_greeks else 0) | (NEED_STATS if need_stats else 0)
 
         async def fetch(cs: Sequence[Contract]) -> list[Quote]:
-            return await self._fetch_many(cs, lambda q: line_done(q, needs), OPTION_TICKS, self.window, max_batch,
-                                          settle_pred=lambda q: line_settled(q, needs))
+            return await self.lines.fetch(cs, lambda q: line_done(q, needs), OPTION_TICKS, self.window, max_batch,
+                                          settle_pred=lambda q: line_settled(q, needs), keep=keep)
 
-        outages_before = self._silent_in_outage
+        outages_before = self.lines.silent_in_outage
         quotes = await fetch(unique)
         silent = [i for i, q in enumerate(quotes) if heard_nothing(q)]
         # Lines that went silent while TWS was cut off from IB (1100, the nightly reset) are asked once more
         # when TWS says data flows again (1101/1102); other silence (a farm down, TWS busy) is not retried.
-        if silent and self._silent_in_outage > outages_before and await self._data_back(RECOVERY_WAIT):
+        if silent and self.lines.silent_in_outage > outages_before and await self._data_back(RECOVERY_WAIT):
             self.stats["retried_contracts"] += len(silent)
             again = await fetch([unique[i] for i in silent])
             for i, q in zip(silent, again):
@@ -222,101 +145,6 @@ class OptionScanner:
         """One contract through the same machinery (one-off use)."""
         return (await self.get_option_data_batch([contract], need_greeks=need_greeks))[0]
 
-    async def _fetch_many(self, contracts: Sequence[Contract], done: Callable[[Quote], bool], ticks: str,
-                          window: float, max_batch: int | None,
-                          settle_pred: Callable[[Quote], bool] | None = None) -> list[Quote]:
-        n = len(contracts)
-        results: list[Quote | None] = [None] * n
-        if n == 0:
-            return []
-        limit = concurrency(n, self.chunk_size, max_batch)
-        running: set[asyncio.Task] = set()
-        all_tasks: list[asyncio.Task] = []
-        next_i = 0
-
-        started: set[int] = set()
-        index_of: dict[asyncio.Task, int] = {}
-
-        async def one(i: int) -> None:
-            started.add(i)      # from here on _fetch_one owns the reserved line (opens it or releases it)
-            results[i] = await self._fetch_one(contracts[i], done, ticks, window, settle_pred)
-
-        try:
-            while next_i < n or running:
-                free_slots = limit - len(running)
-                left = n - next_i
-                want = min(free_slots, left)
-                # A request with many contracts asks for lines in groups larger than SMALL_REQUEST_LINES, so
-                # it never dips into the reserve the pacer keeps for small requests (a 4-leg Monitor refresh).
-                min_group = min(SMALL_REQUEST_LINES + 1, limit, left) if left > SMALL_REQUEST_LINES else 1
-                # With lines of our own running, ask only when lines are free for us now: a waiting big request
-                # would otherwise sit in the pacer's queue ahead of a later small one. Our own lines come back
-                # within the window, so the wait for one of them is bounded.
-                if want >= max(1, min_group) and (not running or self._lines_for(want) >= min_group):
-                    granted = await self.pacer.acquire_lines(want)
-                    for _ in range(granted):
-                        if next_i >= n:                     # cannot happen (granted <= want); never leak
-                            self.pacer.release_lines(1)
-                            continue
-                        t = asyncio.ensure_future(one(next_i))
-                        index_of[t] = next_i
-                        next_i += 1
-                        running.add(t)
-                        all_tasks.append(t)
-                    continue
-                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for t in finished:
-                    running.discard(t)
-                    if not t.cancelled() and t.exception() is not None:
-                        raise t.exception()
-            for t in all_tasks:
-                if not t.cancelled() and t.exception() is not None:
-                    raise t.exception()
-        finally:
-            await _settle_all(all_tasks)
-            # A task cancelled before its first step never ran: the line reserved for it is still ours.
-            unstarted = sum(1 for t in all_tasks if index_of[t] not in started)
-            if unstarted:
-                self.pacer.release_lines(unstarted)
-        self.stats["contracts"] += n
-        return [q if q is not None else Quote(error="not fetched") for q in results]
-
-    async def _fetch_one(self, contract: Contract, done: Callable[[Quote], bool], ticks: str, window: float,
-                         settle_pred: Callable[[Quote], bool] | None) -> Quote:
-        """One contract on one line the caller reserved. Only IBDisconnected escapes; other failures are data."""
-        try:
-            line = await self.bridge.open_market_data(contract, generic_ticks=ticks, snapshot=False)
-        except asyncio.CancelledError:
-            self._release_unopened()
-            raise
-        except IBDisconnected:
-            self._release_unopened()
-            raise
-        except IBError as e:
-            self._release_unopened()
-            return Quote(error_code=e.code, error=e.message)
-        except AgentError as e:
-            self._release_unopened()
-            return Quote(error=e.user_message)
-        self.stats["lines_opened"] += 1
-        try:
-            t0 = self._clock()
-            ok = await line.wait(done, timeout=window)
-            if ok and settle_pred is not None and not settle_pred(line.quote):
-                left = min(self.settle, window - (self._clock() - t0))
-                if left > 0:
-                    await line.wait(settle_pred, timeout=left)
-            self.stats["early_ends" if ok else "window_ends"] += 1
-            quote = copy.copy(line.quote)
-            if heard_nothing(quote):
-                self.stats["silent_lines"] += 1
-                if not getattr(self.bridge, "data_available", True):
-                    self._silent_in_outage += 1
-            return quote
-        finally:
-            # Cancel the line whatever happened (done, window over, error, request cancelled): no leaks.
-            await self.bridge.close_market_data(line)
-
     def _require_some_data(self, what: str, quotes: Sequence[Quote]) -> None:
         """Every line silent for its whole window is not "no market": TWS sent nothing (a market data farm down,
         TWS busy or reconnecting). Say so rather than answer with rows of zeros."""
@@ -328,106 +156,10 @@ class OptionScanner:
         raise RequestTimeout(f"IB sent no quotes for any of the {len(quotes)} contracts of this {what} within "
                              f"{self.window:g} s: {why}. Retry in a minute; check TWS's connection status.")
 
-    def _lines_for(self, want: int) -> int:
-        """Lines the pacer could grant a request wanting ``want`` right now (big requests leave the reserve)."""
-        reserve = getattr(self.pacer, "line_reserve", 0) if want > SMALL_REQUEST_LINES else 0
-        return self.pacer.lines_free - reserve
-
-    def _release_unopened(self) -> None:
-        # open_market_data did not open a line (it raised before the reqMktData went out): the reserved
-        # line is still ours to give back.
-        self.pacer.release_lines(1)
-
     async def _quote_stock(self, contract: Contract) -> Quote:
         # Once there is a price, give the rest of TWS's first burst (close, volume) a moment to land.
-        return (await self._fetch_many([contract], stock_done, STOCK_TICKS, self.spot_window, None,
+        return (await self.lines.fetch([contract], stock_done, STOCK_TICKS, self.spot_window, None,
                                        settle_pred=lambda q: q.close is not None and q.volume is not None))[0]
-
-    # --- cached lookups ---------------------------------------------------------------------------------
-
-    async def _once(self, key: tuple, factory: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``factory`` once for concurrent callers with the same key (one TWS request, many waiters)."""
-        fut = self._inflight.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(factory())
-            self._inflight[key] = fut
-
-            def _done(f: asyncio.Future, key=key) -> None:
-                if self._inflight.get(key) is f:
-                    del self._inflight[key]
-                if not f.cancelled():
-                    f.exception()       # retrieved: no "never retrieved" warning when every waiter left
-            fut.add_done_callback(_done)
-        return await asyncio.shield(fut)
-
-    async def resolve_stock(self, ticker: str) -> ContractInfo:
-        """The stock's contract details (conId), cached for the session. Unknown symbol -> InvalidRequest."""
-        sym = ticker.strip().upper()
-        hit = self._stocks.get(sym)
-        if hit is not None:
-            return hit
-
-        async def lookup() -> ContractInfo:
-            try:
-                infos = await self.bridge.contract_details(Contract.stock(sym))
-            except IBError as e:
-                if e.code == NO_SECURITY:
-                    raise InvalidRequest(f"Unknown ticker '{sym}': IB has no stock by that symbol") from None
-                raise
-            if not infos:
-                raise InvalidRequest(f"Unknown ticker '{sym}': IB has no stock by that symbol")
-            info = next((i for i in infos if i.contract.currency == "USD"), infos[0])
-            self._stocks[sym] = info
-            return info
-
-        return await self._once(("stock", sym), lookup)
-
-    async def option_chain_params(self, ticker: str) -> tuple[list[str], list[float], str]:
-        """(expirations, strikes merged across exchanges, multiplier), cached for 15 minutes."""
-        sym = ticker.strip().upper()
-        hit = self._params.get(sym)
-        if hit is not None and self._clock() - hit.at < PARAMS_TTL:
-            return hit.value
-        info = await self.resolve_stock(sym)
-
-        async def lookup():
-            params = await self.bridge.option_params(sym, info.contract.con_id, "STK")
-            exps, strikes = merge_option_params(params)
-            value = (exps, strikes, pick_multiplier(params, sym))
-            self._params[sym] = _Cached(self._clock(), value)
-            return value
-
-        return await self._once(("params", sym), lookup)
-
-    async def listed_strikes(self, ticker: str, expiry: str, multiplier: str = "100") -> frozenset[float] | None:
-        """The strikes IB lists for one expiry (one contract-details request for the whole expiry, calls only;
-        cached 15 minutes). None when IB does not say in time: then every merged strike is asked for."""
-        sym = ticker.strip().upper()
-        key = (sym, expiry)
-        hit = self._listings.get(key)
-        if hit is not None and self._clock() - hit.at < PARAMS_TTL:
-            return hit.value
-
-        async def lookup() -> frozenset[float] | None:
-            probe = Contract(symbol=sym, sec_type="OPT", expiry=expiry, right="C", multiplier=multiplier)
-            try:
-                infos = await self.bridge.contract_details(probe, timeout=LISTING_TIMEOUT)
-            except (IBError, RequestTimeout) as e:
-                log.info("no contract list for %s %s (%s): asking for every merged strike", sym, expiry, e)
-                value = None
-            else:
-                value = frozenset(round(i.contract.strike, 4) for i in infos if i.contract.strike > 0) or None
-            # An unknown listing is remembered briefly too, so a TWS that is slow to list does not cost every
-            # request the full LISTING_TIMEOUT.
-            self._listings[key] = _Cached(self._clock() - (PARAMS_TTL - LISTING_RETRY if value is None else 0), value)
-            return value
-
-        return await self._once(("listing", sym, expiry), lookup)
-
-    async def _listings_for(self, ticker: str, expiries: Sequence[str], multiplier: str) -> dict:
-        """expiry -> the strikes IB lists for it (None: unknown), all expiries asked at once."""
-        listings = await _gather(*(self.listed_strikes(ticker, e, multiplier) for e in expiries))
-        return dict(zip(expiries, listings))
 
     async def get_available_expirations(self, ticker: str) -> list[str]:
         """Listed expirations from today on (YYYYMMDD, sorted)."""
@@ -439,13 +171,27 @@ class OptionScanner:
         q = await self._quote_stock(info.contract)
         return underlying_price(q), q
 
-    async def _require_spot(self, info: ContractInfo) -> float:
-        spot, q = await self.spot_price(info)
+    async def _early_spot(self, ticker: str) -> tuple[float | None, Quote]:
+        """The stock's price, asked at once: a stock quote needs only the symbol, so it does not wait for the
+        stock's contract lookup (which the option parameters need). If IB cannot place the symbol alone
+        (error 200), it is asked again by conId once the lookup is in (an unknown symbol raises InvalidRequest)."""
+        sym = ticker.strip().upper()
+        info = self._stocks.get(sym)
+        q = await self._quote_stock(info.contract if info is not None else Contract.stock(sym))
+        if info is None and q.error_code == NO_SECURITY:
+            q = await self._quote_stock((await self.resolve_stock(sym)).contract)
+        return underlying_price(q), q
+
+    async def _require_spot(self, ticker: str) -> float:
+        spot, q = await self._early_spot(ticker)
         if spot is None:
-            raise _no_price(info.contract.symbol, q, f" within {self.spot_window:g} s", CHECK_FARMS)
+            raise _no_price(ticker.strip().upper(), q, f" within {self.spot_window:g} s", CHECK_FARMS)
         return spot
 
     # --- flows --------------------------------------------------------------------------------------------
+    # What waits for what: the stock's price needs only the symbol; the option parameters need the stock's conId;
+    # each expiry's listing needs the expiries; the contracts need the price (the strike window) and the
+    # listings. So the price, the lookup and the listings overlap, and the batch starts when both ends are in.
 
     async def fetch_chain(self, p: FetchChainPayload) -> dict:
         """Curate: the close-date expiry + the next three, strikes 0.75-1.10 x deal price, calls and puts."""
@@ -459,8 +205,7 @@ class OptionScanner:
             self.stats["chain_cache_hits"] += 1
             return copy.deepcopy(hit.value)
 
-        info = await self.resolve_stock(p.ticker)
-        spot_task = asyncio.ensure_future(self.spot_price(info))
+        spot_task = asyncio.ensure_future(self._early_spot(p.ticker))
         listing_task: asyncio.Future | None = None
         try:
             exps, strikes, mult = await self.option_chain_params(p.ticker)
@@ -473,7 +218,7 @@ class OptionScanner:
             listing_task = asyncio.ensure_future(self._listings_for(p.ticker, sel_exps, mult))
             ref = p.dealPrice
             if ref <= 0:
-                ref = await self._spot_from(spot_task, info)
+                ref = await self._spot_from(spot_task, p.ticker)
             sel_strikes = chain_strikes(strikes, ref)
             if not sel_strikes:
                 raise InvalidRequest(f"IB lists no {p.ticker} strike between {0.75 * ref:.2f} and {1.10 * ref:.2f} "
@@ -491,7 +236,7 @@ class OptionScanner:
             self._require_some_data("chain", quotes)
             spot, _ = await spot_task
         finally:
-            await _settle_all([t for t in (spot_task, listing_task) if t is not None])
+            await settle_all([t for t in (spot_task, listing_task) if t is not None])
         rows = [chain_row(c, q) for c, q in zip(contracts, quotes) if q.error_code != NO_SECURITY]
         data = {"ticker": p.ticker, "spotPrice": spot if spot is not None else 0.0, "expirations": sel_exps,
                 "contracts": rows, "not_listed": skipped + len(contracts) - len(rows),
@@ -502,21 +247,20 @@ class OptionScanner:
             log.warning("%s chain: %d of %d contracts heard nothing from TWS: answer not cached", p.ticker,
                         sum(heard_nothing(q) for q in quotes), len(quotes))
         else:
-            self._chains[key] = _Cached(self._clock(), copy.deepcopy(data))
+            self._chains[key] = Cached(self._clock(), copy.deepcopy(data))
         return data
 
-    async def _spot_from(self, task: asyncio.Future, info: ContractInfo) -> float:
+    async def _spot_from(self, task: asyncio.Future, ticker: str) -> float:
         spot, q = await asyncio.shield(task)
         if spot is None:
-            raise _no_price(info.contract.symbol, q, "",
+            raise _no_price(ticker.strip().upper(), q, "",
                             ", and no dealPrice was given to centre the chain on; send a dealPrice or retry")
         return spot
 
     async def sell_scan(self, p: SellScanPayload) -> dict:
         """Account: calls or puts to sell near the money, expiring within ``business_days`` weekdays, ranked."""
         today = self._today()
-        info = await self.resolve_stock(p.ticker)
-        spot_task = asyncio.ensure_future(self._require_spot(info))
+        spot_task = asyncio.ensure_future(self._require_spot(p.ticker))
         listing_task: asyncio.Future | None = None
         try:
             exps, strikes, mult = await self.option_chain_params(p.ticker)
@@ -539,7 +283,7 @@ class OptionScanner:
                 raise InvalidRequest(f"IB lists none of the {p.ticker} strikes {sel_strikes[0]:g}-{sel_strikes[-1]:g} "
                                      f"for the expiries {', '.join(sel_exps)}: raise ntm_pct or business_days")
         finally:
-            await _settle_all([t for t in (spot_task, listing_task) if t is not None])
+            await settle_all([t for t in (spot_task, listing_task) if t is not None])
         check_request_size("sell_scan", len(contracts), "Lower business_days or ntm_pct.", self.msg_rate)
         quotes = await self.get_option_data_batch(contracts, need_greeks=True, max_batch=p.max_batch_size)
         self._require_some_data("sell scan", quotes)
@@ -549,7 +293,12 @@ class OptionScanner:
                 "contracts": rows, "delayed": any(r["delayed"] for r in rows)}
 
     async def fetch_prices(self, p: FetchPricesPayload) -> dict:
-        """Monitor: the legs' prices and greeks in input order; a leg with no bid and no ask is null."""
+        """Monitor: the legs' prices and greeks in input order; a leg with no bid and no ask is null.
+
+        Legs still warm from an earlier refresh answer from their live lines at once; the others go through the
+        batched path, and their lines stay warm afterwards (agent/warm.py). Each row says how old its quote's
+        last tick is (``tick_age_s``) and whether it came from a warm line (``warm``).
+        """
         if not p.contracts:
             raise InvalidRequest("No contracts specified")
         today = self._today().strftime("%Y%m%d")
@@ -559,10 +308,21 @@ class OptionScanner:
                 raise InvalidRequest(f"leg {i + 1} ({leg.ticker} {leg.expiry} {leg.strike:g}{leg.right}): the expiry "
                                      f"is in the past")
             contracts.append(Contract.option(leg.ticker, leg.expiry, leg.strike, leg.right))
-        check_request_size("fetch_prices", len(dedupe(contracts)[0]), "Send fewer legs per request.", self.msg_rate)
-        quotes = await self.get_option_data_batch(contracts, need_greeks=True, max_batch=p.max_batch_size)
+        unique, _ = dedupe(contracts)
+        check_request_size("fetch_prices", len(unique), "Send fewer legs per request.", self.msg_rate)
+        by_key = await self._leg_quotes(unique, p.max_batch_size)
+        quotes = [by_key[c.key][0] for c in contracts]
         self._require_some_data("price refresh", quotes)
-        rows = [price_row(c, q) for c, q in zip(contracts, quotes)]
+        now = time.monotonic()
+        rows = []
+        for c in contracts:
+            q, warm = by_key[c.key]
+            row = price_row(c, q)
+            if row is not None:
+                at = q.extra.get("at")
+                row["tick_age_s"] = round(max(0.0, now - at), 3) if at is not None else None
+                row["warm"] = warm
+            rows.append(row)
         # A leg that failed (IB error) or that TWS said nothing about within its window is null with its reason.
         errors = [{"index": i, "contract": c.describe(), "error": q.error or f"IB error {q.error_code}",
                    "code": q.error_code}
@@ -572,6 +332,32 @@ class OptionScanner:
         if errors:
             data["errors"] = errors
         return data
+
+    async def _leg_quotes(self, legs: Sequence[Contract], max_batch: int | None) -> dict:
+        """contract key -> (quote, from a warm line?) for distinct legs: warm ones from their live lines, the
+        rest through the batched path (kept warm afterwards)."""
+        started = self._clock()
+        warm = self.warm.lines_for(c.key for c in legs) if getattr(self.bridge, "data_available", True) else {}
+        needs = NEED_QUOTES | NEED_GREEKS
+
+        async def read_warm() -> dict:
+            # A warm line normally has everything already; one re-requested after 1101 may still be filling.
+            await asyncio.gather(*(line.wait(lambda q: line_done(q, needs), timeout=self.window)
+                                   for line in warm.values()))
+            return {k: snapshot(line) for k, line in warm.items() if not line.closed}
+
+        cold = [c for c in legs if c.key not in warm]
+        fetch_cold = self.get_option_data_batch(cold, need_greeks=True, max_batch=max_batch,
+                                                keep=self.warm.keeper(started)) if cold else _none()
+        warm_quotes, cold_quotes = await gather_all(read_warm(), fetch_cold)
+        out = {c.key: (q, False) for c, q in zip(cold, cold_quotes)}
+        out.update({k: (q, True) for k, q in warm_quotes.items()})
+        lost = [c for c in legs if c.key not in out]        # a warm line that closed while read (disconnect)
+        if lost:
+            out.update({c.key: (q, False) for c, q in zip(lost, await self.get_option_data_batch(
+                lost, need_greeks=True, max_batch=max_batch))})
+        self.stats["warm_answers"] += len(warm_quotes)
+        return out
 
     async def fetch_underlying(self, p: FetchUnderlyingPayload) -> dict:
         """The underlying's price (stocks by symbol; other types by the fields given)."""

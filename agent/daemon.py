@@ -101,7 +101,9 @@ class Daemon:
         self.relay: RelayClient | None = None
         self.bridge = bridge_factory(settings, self.pacer, on_event=self._on_bridge_event)
         scanner_cls, register = _load_scanner()
-        scanner = scanner_cls(self.bridge, self.pacer, **(scanner_options or {})) if scanner_cls else None
+        # Monitor's warm legs (IB_WARM_LINES / IB_WARM_SECONDS) live in the scanner.
+        warm = {"warm_lines": settings.warm_lines, "warm_seconds": settings.warm_seconds}
+        scanner = scanner_cls(self.bridge, self.pacer, **{**warm, **(scanner_options or {})}) if scanner_cls else None
         self.orders = OrderDesk(self.bridge, settings, push=self._push)
         self.ctx = AgentContext(settings, self.pacer, self.bridge, scanner, push=self._push, orders=self.orders)
         self.dispatcher = Dispatcher(self.ctx)

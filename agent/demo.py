@@ -43,6 +43,7 @@ SELL_TICKER = "AAPL"
 ORDER_TICKER = "SPY"                    # the demo's paper order: 1 share, limit 20 % under the market (it rests)
 HTTP_TIMEOUT = 60.0                     # one flow; the relay's own waits are 60–180 s, the sim answers in seconds
 READY_TIMEOUT = 30.0                    # agent authenticated at the relay and connected to the simulator
+CANCELS_WAIT = 5.0                      # after the last answer, for the agent's cancels to reach the simulator
 
 
 class DemoFailed(Exception):
@@ -376,6 +377,16 @@ def _indent(text: str) -> str:
     return "\n".join("   " + line for line in text.splitlines())
 
 
+async def _after_cancels(sim: Any, warm: int, timeout: float = CANCELS_WAIT) -> dict:
+    """The simulator's stats once the agent's cancels are out: it answers before it cancels, so lines stay open
+    for a moment after the last answer (all but the ``warm`` legs it keeps for Monitor's next refresh)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while sim.stats()["active_lines"] > warm and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return sim.stats()
+
+
 async def run(*, latency: str = "realistic", seed: int = 7, out: Callable[[str], Any] = print,
               ready_timeout: float = READY_TIMEOUT, log_dir: Path | None = None) -> int:
     """The whole demo; returns the exit status. ``latency="fast"`` for tests."""
@@ -403,10 +414,12 @@ async def run(*, latency: str = "realistic", seed: int = 7, out: Callable[[str],
         out(f"Agent connected to the simulator and the relay in {time.perf_counter() - started:.1f} s")
         results = await run_flows(relay.http_url, out, dt.date.today())
         out("\nTimings: " + ", ".join(f"{r.name} {r.seconds:.2f} s" for r in results))
-        stats = sim.stats()
+        warm = min(settings.warm_lines, next((len(r.data.get("contracts", [])) for r in results
+                                              if r.name == "fetch-prices"), 0))
+        stats = await _after_cancels(sim, warm)
         out(f"Simulator: peak {stats['peak_msg_rate']} messages/s from the agent (TWS allows 50), "
             f"{len(stats['violations'])} pacing violations, peak {stats['peak_lines']} market data lines, "
-            f"{stats['active_lines']} still open")
+            f"{stats['active_lines'] - warm} still open ({warm} legs kept warm for Monitor's next refresh)")
         out(f"Demo finished in {time.perf_counter() - started:.1f} s: all flows answered.")
         return 0
     except DemoFailed as exc:

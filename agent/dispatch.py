@@ -272,7 +272,14 @@ async def ib_status(ctx: AgentContext, p: EmptyPayload) -> dict:
         "host": b.host,
         "port": b.port,
         "version": VERSION,
+        **_line_fields(ctx.pacer),
     }
+
+
+def _line_fields(pacer) -> dict:
+    """Market-data lines: in use (warm ones included), kept warm for Monitor's legs, free, of the agent's budget."""
+    return {"lines_in_use": int(pacer.lines_in_use), "lines_warm": int(getattr(pacer, "lines_warm", 0)),
+            "lines_free": int(pacer.lines_free), "lines_budget": int(pacer.lines_budget)}
 
 
 RECONNECT_WAIT = 20.0    # inside the dispatcher's 25 s deadline (the relay waits 30 s)
@@ -326,10 +333,11 @@ def agent_state(ctx: AgentContext, dispatcher: Dispatcher | None = None) -> dict
         "ib_farms": dict(b.farm_status),
         "ib_data_available": bool(b.connected and b.data_available),
         "available_scan_lines": free,
-        "scan_batch_size": max(1, min(50, int(pacer.lines_budget))),
+        # the most lines one big request streams on at once: the budget less the reserve for small requests
+        "scan_batch_size": max(1, int(pacer.lines_budget) - int(getattr(pacer, "line_reserve", 0))),
         "max_lines": int(s.max_lines),
         # extras (the relay ignores what it does not know)
-        "lines_in_use": int(pacer.lines_in_use),
+        **_line_fields(pacer),
         "ib_account": accounts[0] if accounts else None,
         "ib_accounts": accounts,
         "paper": b.is_paper,

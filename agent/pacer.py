@@ -5,8 +5,14 @@ TWS allows 50 client messages per second (error 100 above it, disconnect after r
 several requests run at once, so every outgoing message awaits ``Pacer.message()`` and every market-data line
 comes out of ``Pacer.acquire_lines()``.
 
-The arithmetic (sliding window, round-robin choice, line grants) is pure and clock-injectable
-(``SlidingWindow``, ``RoundRobin``, ``LineBudget``); ``Pacer`` only adds the asyncio waiting around it.
+Which message goes next is a priority question: urgent requests first (lookups, orders, small requests' lines:
+someone waits on each), then a big request's lines and the cancels of finished lines, in the order the line
+budget wants (``MessageQueue``). Lines go to the waiting request holding the fewest, and Monitor's warm lines
+(agent/warm.py) are given up first when a request cannot get any other line (``LineBudget.reclaim``).
+
+The arithmetic (sliding window, spacing, queue order, line grants) is pure and clock-injectable
+(``SlidingWindow``, ``TokenBucket``, ``RoundRobin``, ``MessageQueue``, ``LineBudget``); ``Pacer`` only adds the
+asyncio waiting around it.
 """
 
 from __future__ import annotations
@@ -16,11 +22,18 @@ import contextvars
 import logging
 import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, TypeVar
+from typing import Callable, Hashable
 
 from agent.errors import RequestTimeout
+from agent.line_budget import SMALL_REQUEST_LINES, LineBudget, LineDemand
+from agent.message_queue import BULK, CANCEL, URGENT, MessageQueue, RoundRobin
+
+# Re-exported: the pure parts live in their own modules; callers import them from here as before.
+__all__ = ["BULK", "CANCEL", "JITTER_GUARD", "SMALL_REQUEST_LINES", "URGENT", "LineBudget", "LineDemand",
+           "MessageLimiter", "MessageQueue", "Pacer", "QuietCredit", "RoundRobin", "SlidingWindow", "Ticket",
+           "TokenBucket", "current_bulk", "current_flow"]
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +41,14 @@ log = logging.getLogger(__name__)
 #: take turns between requests; anything the agent sends on its own behalf counts as the "agent" flow.
 current_flow: contextvars.ContextVar[str] = contextvars.ContextVar("current_flow", default="agent")
 
-T = TypeVar("T")
+#: True while the batched path streams a big request (more than SMALL_REQUEST_LINES contracts): its reqMktData
+#: messages are "bulk" and yield to every urgent message (lookups, orders, a Monitor refresh's legs).
+current_bulk: contextvars.ContextVar[bool] = contextvars.ContextVar("current_bulk", default=False)
 
 #: TWS counts messages by when it reads them, so a few tens of milliseconds of delivery jitter can put more of
 #: our sends in its one-second window than we put in ours. Counting over 1.1 s keeps TWS's count at or under
 #: ``rate`` for up to 100 ms of jitter (sustained: rate / 1.1, e.g. 40.9 messages/s for rate 45).
 JITTER_GUARD = 0.1
-
-#: Requests wanting at most this many lines may use the reserve that big requests must leave free.
-SMALL_REQUEST_LINES = 10
 
 
 # --- pure arithmetic ------------------------------------------------------------------------------
@@ -119,132 +131,109 @@ class TokenBucket:
         self._tokens = max(0.0, self._tokens - 1.0)
 
 
-class RoundRobin(Generic[T]):
-    """FIFO queues per flow, served one item per flow in turn (flows in the order they first waited)."""
+class QuietCredit:
+    """Sends in the last ``quiet`` seconds; while fewer than ``credit``, a send may skip the spacing (pure).
 
-    def __init__(self) -> None:
-        self._queues: OrderedDict[Hashable, deque[T]] = OrderedDict()
-
-    def push(self, flow: Hashable, item: T) -> None:
-        q = self._queues.get(flow)
-        if q is None:
-            q = self._queues[flow] = deque()
-        q.append(item)
-
-    def pop(self) -> T:
-        """The next item: the first of the flow whose turn it is; that flow then goes to the back."""
-        flow, q = next(iter(self._queues.items()))
-        item = q.popleft()
-        del self._queues[flow]
-        if q:
-            self._queues[flow] = q          # re-inserted at the end: the others go first
-        return item
-
-    def remove(self, flow: Hashable, item: T) -> bool:
-        q = self._queues.get(flow)
-        if q is None:
-            return False
-        try:
-            q.remove(item)
-        except ValueError:
-            return False
-        if not q:
-            del self._queues[flow]
-        return True
-
-    def __len__(self) -> int:
-        return sum(len(q) for q in self._queues.values())
-
-    def __bool__(self) -> bool:
-        return bool(self._queues)
-
-    def flows(self) -> list[Hashable]:
-        return list(self._queues)
-
-
-class LineBudget:
-    """The market-data line budget and the rule for granting lines to waiting requests.
-
-    ``budget`` lines in all; ``reserve`` of them may only go to small requests (want <= SMALL_REQUEST_LINES),
-    so a request asking for many lines never takes the last few that a 4-leg request needs. Waiters are
-    considered in arrival order; each gets what it may have (1..want), so the oldest big waiter gets
-    first claim on lines above the reserve as they come back.
+    Why: after a quiet spell, a small request (a sell scan's 20-odd lines, a Monitor refresh) would otherwise
+    wait 1/rate s per message although TWS has seen nothing for seconds. It stays as safe as the spacing alone:
+    any interval of 1 s + JITTER_GUARD holds at most ``capacity`` sends (the window, always); and in any longer
+    interval up to ``quiet`` - 1 s, the sends that skipped the spacing plus those before them number fewer than
+    ``credit``, so a 1.2 s interval holds at most max(capacity, credit) + burst + rate x 0.1 sends, the same
+    bound the spacing gives (checked by a hypothesis property). A second burst waits until the first has left
+    the quiet window, so bursts never meet in one of TWS's seconds.
     """
 
-    def __init__(self, budget: int, reserve: int | None = None):
-        if budget < 1:
-            raise ValueError(f"line budget must be >= 1, got {budget}")
-        self.budget = budget
-        # Default reserve: 10 lines, but never more than a quarter of a small budget.
-        self.reserve = min(SMALL_REQUEST_LINES, budget // 4) if reserve is None else max(0, min(reserve, budget - 1))
-        self.in_use = 0
-        self.peak = 0
+    def __init__(self, credit: int, quiet: float):
+        if credit < 0 or quiet <= 0:
+            raise ValueError(f"credit must be >= 0 and quiet > 0, got {credit}, {quiet}")
+        self.credit = credit
+        self.quiet = quiet
+        self._sends: deque[float] = deque()
 
-    @property
-    def free(self) -> int:
-        return self.budget - self.in_use
+    def _expire(self, now: float) -> None:
+        while self._sends and now - self._sends[0] >= self.quiet:
+            self._sends.popleft()
 
-    def available_to(self, want: int) -> int:
-        """How many lines a request wanting ``want`` could be granted right now."""
-        usable = self.free if want <= SMALL_REQUEST_LINES else self.free - self.reserve
-        return max(0, min(want, usable))
+    def open(self, now: float) -> bool:
+        """May a send now skip the spacing?"""
+        self._expire(now)
+        return len(self._sends) < self.credit
 
-    def take(self, n: int) -> None:
-        if n < 0 or n > self.free:
-            raise RuntimeError(f"cannot take {n} lines with {self.free} free")
-        self.in_use += n
-        self.peak = max(self.peak, self.in_use)
+    def record(self, now: float) -> None:
+        self._expire(now)
+        self._sends.append(now)
 
-    def give_back(self, n: int) -> int:
-        """Return ``n`` lines; returns how many were really outstanding (a larger n is a caller bug)."""
-        n = max(0, n)
-        real = min(n, self.in_use)
-        self.in_use -= real
-        return real
 
-    def grant(self, wants: list[int]) -> list[int]:
-        """For waiters (in arrival order) wanting ``wants``, how many lines each gets now (0 = keeps waiting).
+class MessageLimiter:
+    """The pacer's whole rule for when the next message may go (pure): the sliding window always; the token
+    bucket's spacing too, unless the quiet credit lets a short burst through."""
 
-        Takes the granted lines from the budget.
-        """
-        out = []
-        for want in wants:
-            n = self.available_to(want)
-            if n:
-                self.take(n)
-            out.append(n)
-        return out
+    def __init__(self, capacity: int, window: float, burst: int, credit: int, quiet: float):
+        self.window = SlidingWindow(capacity, window)
+        self.bucket = TokenBucket(capacity / window, max(1, min(burst, capacity)))
+        self.credit = QuietCredit(max(0, min(credit, capacity)), quiet)
+
+    def delay(self, now: float) -> float:
+        w = self.window.delay(now)
+        if self.credit.open(now):
+            return w
+        return max(w, self.bucket.delay(now))
+
+    def record(self, now: float) -> int:
+        """Count a send at ``now`` (call ``delay`` first); returns how many the window now holds."""
+        if self.bucket.delay(now) == 0.0:
+            self.bucket.record(now)         # else it rode on the quiet credit
+        self.credit.record(now)
+        return self.window.record(now)
+
 
 
 # --- the asyncio pacer -----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Ticket:
     """A place in the pacer's queue (or a token already granted): see ``Pacer.ticket``."""
 
     flow: Hashable
     future: asyncio.Future
+    kind: str = URGENT
 
 
 class Pacer:
-    """Message tokens (≤ rate in any 1 s window — counted over 1 s + JITTER_GUARD — round-robin across waiting
-    flows) and the line budget."""
+    """Message tokens (≤ rate in any 1 s window — counted over 1 s + JITTER_GUARD — in ``MessageQueue`` order) and
+    the line budget (``LineBudget``), with Monitor's warm lines given up first when a request needs them."""
 
     def __init__(self, rate: float = 45.0, max_lines: int = 100, line_margin: int = 10,
                  clock: Callable[[], float] = time.monotonic, *, line_reserve: int | None = None,
-                 burst: int = 2, window: float = 1.0 + JITTER_GUARD):
+                 burst: int = 2, window: float = 1.0 + JITTER_GUARD, quiet_burst: int | None = None):
         self.rate = rate
         self._clock = clock
-        self._window = SlidingWindow(max(1, int(math.floor(rate))), window)
-        self._bucket = TokenBucket(self._window.capacity / window, max(1, min(burst, self._window.capacity)))
-        self._waiting: RoundRobin[asyncio.Future] = RoundRobin()
+        capacity = max(1, int(math.floor(rate)))
+        # After a quiet spell (2 windows), up to capacity - 5 messages may go without spacing (QuietCredit).
+        credit = max(0, capacity - 5) if quiet_burst is None else quiet_burst
+        self._limiter = MessageLimiter(capacity, window, burst, credit, 2 * window)
+        self._window, self._bucket = self._limiter.window, self._limiter.bucket
+        self._waiting: MessageQueue[asyncio.Future] = MessageQueue()
         self._pump_task: asyncio.Task | None = None
         self._lines = LineBudget(max(1, max_lines - line_margin), line_reserve)
-        self._line_waiters: list[tuple[int, asyncio.Future]] = []
+        self._line_waiters: list[tuple[int, LineDemand, asyncio.Future]] = []
+        self._cancels_open: set[Ticket] = set()     # cancel tickets whose line has not come back yet
+        self._reclaimers: list[Callable[[int], int]] = []
         self.messages_sent = 0
         self.peak_rate_1s = 0
         self.waits = 0              # messages that had to wait for a token
         self.line_waits = 0         # acquire_lines calls that had to wait
+        self.lines_reclaimed = 0    # warm lines given up for a waiting request
+
+    @property
+    def quiet_window(self) -> float:
+        """Seconds without traffic after which a short burst may skip the spacing (``QuietCredit``)."""
+        return self._limiter.credit.quiet
+
+    @property
+    def sustained_rate(self) -> float:
+        """Messages per second the pacer sends when busy (rate per window of 1 s + JITTER_GUARD)."""
+        return self._bucket.rate
 
     # -- messages --
     async def message(self) -> None:
@@ -264,30 +253,42 @@ class Pacer:
             self.drop_ticket(ticket)
             raise RequestTimeout("timed out waiting for a TWS message slot (pacer)")
 
-    def ticket(self) -> "Ticket":
+    def ticket(self, *, cancel: bool = False) -> "Ticket":
         """Take the token now, or a place in the queue now (without awaiting, so places follow call order).
 
-        ``ticket.future`` completes when the token is granted; ``drop_ticket`` leaves the queue.
+        ``cancel``: the message is a cancelMktData whose line goes back to the budget once it is sent; the
+        sender calls ``cancel_done(ticket)`` then (or ``drop_ticket`` if it will not be sent). Otherwise the
+        message is bulk inside a big request's batch (``current_bulk``), else urgent. ``ticket.future`` completes
+        when the token is granted; ``drop_ticket`` leaves the queue.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         flow = current_flow.get()
+        kind = CANCEL if cancel else BULK if current_bulk.get() else URGENT
+        ticket = Ticket(flow, fut, kind)
+        if cancel:
+            self._cancels_open.add(ticket)
         now = self._clock()
-        if not self._waiting and self._delay(now) == 0.0:
+        if not self._waiting.ahead_of(kind, self.lines_short) and self._delay(now) == 0.0:
             self._count(now)
             fut.set_result(None)
-            return Ticket(flow, fut)
-        self._waiting.push(flow, fut)
+            return ticket
+        self._waiting.push(kind, flow, fut)
         self.waits += 1
         if self._pump_task is None or self._pump_task.done():
             self._pump_task = loop.create_task(self._pump(), name="pacer-pump")
-        return Ticket(flow, fut)
+        return ticket
 
     def drop_ticket(self, ticket: "Ticket") -> None:
         """Not granted yet: leave the queue. Already granted: the token is simply unused (harmless)."""
-        self._waiting.remove(ticket.flow, ticket.future)
+        self._waiting.remove(ticket.kind, ticket.flow, ticket.future)
+        self._cancels_open.discard(ticket)
         if not ticket.future.done():
             ticket.future.cancel()
+
+    def cancel_done(self, ticket: "Ticket") -> None:
+        """The cancel of this ticket has been sent (or will not be): its line is no longer on its way back."""
+        self._cancels_open.discard(ticket)
 
     def try_message(self) -> bool:
         """Take a message token only if one is free now and nobody is waiting (never waits)."""
@@ -298,11 +299,10 @@ class Pacer:
         return False
 
     def _delay(self, now: float) -> float:
-        return max(self._window.delay(now), self._bucket.delay(now))
+        return self._limiter.delay(now)
 
     def _count(self, now: float) -> None:
-        self._bucket.record(now)
-        n = self._window.record(now)
+        n = self._limiter.record(now)
         self.messages_sent += 1
         self.peak_rate_1s = max(self.peak_rate_1s, n)
 
@@ -312,7 +312,7 @@ class Pacer:
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
-            fut = self._waiting.pop()
+            fut = self._waiting.pop(self.lines_short)
             if fut.done():          # its waiter was cancelled
                 continue
             self._count(self._clock())
@@ -332,21 +332,41 @@ class Pacer:
         return self._lines.free
 
     @property
+    def lines_warm(self) -> int:
+        return self._lines.warm
+
+    @property
     def line_reserve(self) -> int:
         return self._lines.reserve
 
-    async def acquire_lines(self, want: int, timeout: float = 120.0) -> int:
-        """Reserve 1..want market-data lines, waiting (at most ``timeout`` s) while none may be had."""
+    @property
+    def lines_short(self) -> bool:
+        """A request is waiting for a line: cancels go before bulk requests, and no line may be kept warm."""
+        return bool(self._line_waiters)
+
+    @property
+    def lines_closing(self) -> int:
+        """Lines whose cancelMktData is queued or being sent: they come back to the budget shortly."""
+        return len(self._cancels_open)
+
+    async def acquire_lines(self, want: int, timeout: float = 120.0, *, demand: LineDemand | None = None) -> int:
+        """Reserve 1..want market-data lines, waiting (at most ``timeout`` s) while none may be had.
+
+        ``demand``: the request's size and the lines it holds now (default: a request of ``want`` contracts
+        holding none); it decides the reserve, the order among waiters and whether warm lines are given up.
+        """
         want = max(1, min(int(want), self._lines.budget))
+        demand = demand if demand is not None else LineDemand(size=want)
         if not self._line_waiters:
-            n = self._lines.available_to(want)
+            n = self._lines.available_to(want, demand.size)
             if n:
                 self._lines.take(n)
                 return n
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        entry = (want, fut)
+        entry = (want, demand, fut)
         self._line_waiters.append(entry)
         self.line_waits += 1
+        self._grant_lines()         # a small newcomer may have the reserve a big waiter may not touch
         try:
             # asyncio.wait, not wait_for(shield(...)): on Python <= 3.11 wait_for returns the grant when it and a
             # cancellation land in the same loop iteration, so a cancelled request would go on with the lines.
@@ -360,8 +380,8 @@ class Pacer:
                                  f"({self._lines.in_use} of {self._lines.budget} in use)")
         return fut.result()
 
-    def _drop_line_waiter(self, entry: tuple[int, asyncio.Future]) -> None:
-        want, fut = entry
+    def _drop_line_waiter(self, entry: tuple[int, LineDemand, asyncio.Future]) -> None:
+        fut = entry[2]
         if entry in self._line_waiters:
             self._line_waiters.remove(entry)
         if fut.done() and not fut.cancelled():
@@ -378,17 +398,46 @@ class Pacer:
         self._grant_lines()
 
     def _grant_lines(self) -> None:
-        if not self._line_waiters or not self._lines.free:
+        live = [e for e in self._line_waiters if not e[2].done()]
+        if not live:
+            self._line_waiters = []
             return
-        live = [(w, f) for (w, f) in self._line_waiters if not f.done()]
-        grants = self._lines.grant([w for (w, _) in live])
+        grants = self._lines.grant([w for (w, _, _) in live], [d for (_, d, _) in live]) if self._lines.free else \
+            [0] * len(live)
         still = []
-        for (w, f), n in zip(live, grants):
+        for entry, n in zip(live, grants):
             if n:
-                f.set_result(n)
+                entry[2].set_result(n)
             else:
-                still.append((w, f))
+                still.append(entry)
         self._line_waiters = still
+        if still and self._lines.warm and self._reclaimers:
+            n = self._lines.reclaim([w for (w, _, _) in still], [d for (_, d, _) in still], self.lines_closing)
+            for reclaim in list(self._reclaimers):
+                if n <= 0:
+                    break
+                got = reclaim(n)
+                self.lines_reclaimed += got
+                n -= got
+
+    # -- warm lines (agent/warm.py) --
+    def add_reclaimer(self, reclaim: Callable[[int], int]) -> None:
+        """``reclaim(n)`` starts the cancels of up to n warm lines (calling ``cool_lines``) and says how many."""
+        if reclaim not in self._reclaimers:
+            self._reclaimers.append(reclaim)
+
+    def may_warm(self) -> bool:
+        """May a line be kept warm now? Not while a request that cannot go on waits for lines (one holding none,
+        or a small one): warm lines yield first. A big request that streams on its own lines does not stop it."""
+        return not any(d.held == 0 or d.small for (_, d, _) in self._line_waiters)
+
+    def warm_lines(self, n: int = 1) -> None:
+        """``n`` lines in use become warm (the caller keeps them streaming instead of cancelling them)."""
+        self._lines.warm_up(n)
+
+    def cool_lines(self, n: int = 1) -> None:
+        """``n`` warm lines stop being warm (cancelled, or lost with the connection)."""
+        self._lines.cool(n)
 
     def stats(self) -> dict:
         return {
@@ -397,10 +446,14 @@ class Pacer:
             "rate_now": self._window.count(self._clock()),
             "waits": self.waits,
             "waiting_flows": len(self._waiting.flows()),
+            "queued_cancels": self._waiting.cancels,
             "lines_budget": self._lines.budget,
             "lines_in_use": self._lines.in_use,
             "lines_free": self._lines.free,
+            "lines_warm": self._lines.warm,
+            "lines_closing": self.lines_closing,
             "peak_lines": self._lines.peak,
             "line_waits": self.line_waits,
             "line_waiters": len(self._line_waiters),
+            "lines_reclaimed": self.lines_reclaimed,
         }

@@ -157,16 +157,17 @@ def dedupe(contracts: Sequence[Contract]) -> tuple[list[Contract], list[int]]:
     return unique, index
 
 
-def concurrency(n: int, chunk_size: int = 50, max_batch: int | None = None, free_lines: int | None = None) -> int:
-    """How many lines one request keeps open at once: at most ``chunk_size`` (50), the relay's ``_max_batch_size``
-    and the free line budget, never more than there are contracts, at least 1 when there is work."""
+def concurrency(n: int, chunk_size: int | None = None, max_batch: int | None = None,
+                free_lines: int | None = None) -> int:
+    """How many lines one request streams on at once: at most ``free_lines`` (the line budget it may use), the
+    relay's ``_max_batch_size`` and ``chunk_size`` (each when given), never more than there are contracts, at least
+    1 when there is work."""
     if n <= 0:
         return 0
-    k = min(n, max(1, chunk_size))
-    if max_batch is not None:
-        k = min(k, max(1, max_batch))
-    if free_lines is not None:
-        k = min(k, max(1, free_lines))
+    k = n
+    for cap in (chunk_size, max_batch, free_lines):
+        if cap is not None:
+            k = min(k, max(1, cap))
     return k
 
 

@@ -42,6 +42,8 @@ ENV_FIELDS: dict[str, str] = {
     "IB_LINE_MARGIN": "line_margin",
     "IB_MSG_RATE": "msg_rate",
     "IB_CONNECT_TIMEOUT": "connect_timeout",
+    "IB_WARM_SECONDS": "warm_seconds",
+    "IB_WARM_LINES": "warm_lines",
     "LOG_DIR": "log_dir",
     "LOG_LEVEL": "log_level",
 }
@@ -75,6 +77,8 @@ class Settings(BaseModel):
     line_margin: int = 10
     msg_rate: float = 45.0
     connect_timeout: float = 5.0
+    warm_seconds: float = 60.0           # Monitor's legs stay streaming this long after the last refresh asking
+    warm_lines: int = 20                 # ... within this many lines of the budget (0: off)
     log_dir: Path = AGENT_DIR / "logs"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # where each env name's value came from: "environment", "config.env" or "default"
@@ -260,6 +264,12 @@ def _parse(name: str, raw: str, source: str, config_path: Path | None):
         return _float(name, raw, 1.0, 50.0, "TWS allows at most 50 messages per second: use 45")
     if name == "IB_CONNECT_TIMEOUT":
         return _float(name, raw, 0.5, 120.0, "use a number of seconds such as 5")
+    if name == "IB_WARM_SECONDS":
+        return _float(name, raw, 1.0, 3600.0, "use the seconds Monitor's legs stay streaming after a refresh, "
+                      "e.g. 60")
+    if name == "IB_WARM_LINES":
+        return _int(name, raw, 0, 10_000, "use how many market data lines may stay warm for Monitor's legs, e.g. "
+                    "20 (0 turns warm legs off)")
     if name == "LOG_DIR":
         if not raw.strip():
             raise ConfigError(name, raw, "is empty", "delete the LOG_DIR line to log to logs/ beside the agent")
@@ -339,6 +349,13 @@ def load_settings(environ: Mapping[str, str] | None = None, config_path: str | P
     if margin >= max_lines and not bad & {"IB_MAX_LINES", "IB_LINE_MARGIN"}:  # type: ignore[operator]
         errors.append(ConfigError("IB_LINE_MARGIN", str(margin), f"leaves no lines for the agent (IB_MAX_LINES "
                                   f"is {max_lines})", "use a margin smaller than IB_MAX_LINES, e.g. 10 of 100"))
+    warm: int = values.get("warm_lines", 20)  # type: ignore[assignment]
+    budget = max_lines - margin  # type: ignore[operator]
+    # Compared only when the budget itself is sound (a bad budget is reported once, as above).
+    if warm and budget > 0 and not bad & {"IB_MAX_LINES", "IB_LINE_MARGIN", "IB_WARM_LINES"} and warm >= budget:
+        errors.append(ConfigError("IB_WARM_LINES", str(warm), f"would let warm legs take every line the agent has "
+                                  f"(IB_MAX_LINES - IB_LINE_MARGIN = {budget})",
+                                  "use fewer warm lines than that, e.g. 20 of 90, or 0 to turn warm legs off"))
     if errors:
         first = errors[0]
         first.others = tuple(errors[1:])

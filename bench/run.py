@@ -1,297 +1,117 @@
-"""The option-data path against the TWS simulator's realistic latency: a table of figures and ratios.
+"""The option-data path against the TWS simulator's realistic latency: the issue's target table, each figure
+beside its floor and the original fixed design measured in the same run.
 
-    python -m bench.run [--contracts 500] [--runs 10] [--seed 7]
+    python -m bench.run            # the full table (about 3 minutes)
+    python -m bench.run --quick    # a quick look (under 30 s): fewer runs, a 120-contract chain under the
+                                   # Monitor refreshes only, and the fixed design's waits instead of running it
 
-In-process and loopback only: the simulator (latency="realistic": first quote 50-300 ms, greeks 100-500 ms
-later, ~3% slow contracts), the real ibapi bridge, the pacer and the OptionScanner. Scenarios:
+In-process and loopback only: the simulator (latency="realistic": first quote 50-300 ms, greeks 100-500 ms later,
+about 3 % of contracts 1-2 s slow), the real ibapi bridge, the pacer and the OptionScanner. Every scenario runs on
+its own simulator and reports, besides its times, what TWS saw: pacing violations, errors 100/101/102, the peak
+message rate and lines, and the lines still open once its cancels are out and its warm lines given back.
 
-  flows     fetch_chain (Curate) and sell_scan (Account) end to end, cold, and a cached fetch_chain
-  chain     N listed contracts through get_option_data_batch (Curate's path), compared in the same run with
-            the original fixed design (ceil(N/50) x 2.5 s) and with the floor IB's message rate sets for the
-            messages the agent actually sent (messages / 45 per s, and / 50 per s)
-  prices    an 8-leg fetch_prices (Monitor), median and p95 over --runs runs
-  prices+   the same 8-leg refresh while a large chain is running (another flow on the same pacer)
-  limits    violations, peak message rate, peak lines and lines left open, from sim.stats()
-  concurrent  five cold flows at once on a fresh simulator (lookups interleaved with streaming)
-
-If bench/sim_bench.py (the simulator's own benchmark) exists, its rows are appended.
-Every scenario is bounded in time; the whole run takes about a minute.
+The machine's load moves the figures: take them when it is low (``uptime``), and compare medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import datetime as dt
 import importlib
-import math
-import statistics
+import os
 import sys
 import time
-from typing import Any
 
-from agent.pacer import Pacer, current_flow
+from bench import scenarios as S
 
-try:
-    from agent.pacer import JITTER_GUARD
-except ImportError:         # an older pacer without the jitter margin
-    JITTER_GUARD = 0.0
-from agent.protocol import FetchChainPayload, FetchPricesPayload, SellScanPayload
-from agent.settings import Settings
-from agent.tws import TwsBridge
-from agent.types import Contract
-from ib_scanner import OptionScanner
-from sim.tws import SimConfig, TwsSimulator
-
-KEY = "bench-key-0123456789abcdef"
-FIXED_CHUNK, FIXED_WAIT = 50, 2.5          # the original design: 50 contracts per chunk, a 2.5 s wait each
-SCENARIO_TIMEOUT = 120.0
+HEADS = ("scenario", "runs", "median", "p95", "floor", "/floor", "fixed design", "/fixed", "target", "met")
 
 
-def p95(xs: list[float]) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, math.ceil(0.95 * len(s)) - 1)]
+def _s(x: float | None, unit: str = " s") -> str:
+    if x is None:
+        return "—"
+    return f"{x * 1000:.1f} ms" if x < 0.1 else f"{x:.2f}{unit}"
 
 
-def listed_contracts(sim: TwsSimulator, symbol: str, n: int) -> list[Contract]:
-    """n listed contracts nearest the money, expiry by expiry (what a wide Curate chain asks for)."""
-    m = sim.market
-    spot = m.stock_quote(symbol).last
-    out: list[Contract] = []
-    for exp in m.expirations(symbol):
-        for k in sorted(m.strikes(symbol, exp), key=lambda k: abs(k - spot)):
-            for r in ("C", "P"):
-                out.append(Contract.option(symbol, exp, k, r))
-                if len(out) == n:
-                    return out
-    return out
+def cells(r: S.Row) -> list[str]:
+    med, hi = S.median(r.times), S.p95(r.times)
+    ratio_floor = f"{med / r.floor:.2f}x" if r.floor else "—"
+    ratio_fixed = f"{med / r.fixed:.2f}x" if r.fixed else "—"
+    fixed = f"{_s(r.fixed)} ({r.fixed_how})" if r.fixed else "—"
+    met = "—" if r.met is None else ("yes" if r.met else "NO")
+    return [r.name, str(len(r.times)), _s(med), _s(hi) if len(r.times) > 1 else "—", _s(r.floor), ratio_floor,
+            fixed, ratio_fixed, r.target or "—", met]
 
 
-def eight_legs(sim: TwsSimulator, symbol: str = "AAPL") -> list[dict]:
-    m = sim.market
-    exp = m.expirations(symbol)[2]
-    spot = m.stock_quote(symbol).last
-    ks = sorted(m.strikes(symbol, exp), key=lambda k: abs(k - spot))[:4]
-    return [dict(ticker=symbol, strike=k, expiry=exp, right=r) for k in ks for r in ("C", "P")]
+def limit_cells(r: S.Row) -> list[str]:
+    lim = r.limits
+    return [r.name, str(lim.get("violations", "—")), str(lim.get("errors_100_101_102", "—")),
+            f"{lim.get('peak_rate', '—')}/s", str(lim.get("peak_lines", "—")), str(lim.get("warm_at_end", "—")),
+            str(lim.get("left_open", "—"))]
 
 
-async def as_flow(name: str, coro):
-    """Run ``coro`` as its own pacing flow (the dispatcher does this per relay request)."""
-    token = current_flow.set(name)
-    try:
-        return await coro
-    finally:
-        current_flow.reset(token)
+def table(heads, rows: list[list[str]]) -> str:
+    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    line = lambda cs: "  ".join(c.ljust(w[i]) for i, c in enumerate(cs)).rstrip()  # noqa: E731
+    return "\n".join([line(heads), line(["-" * x for x in w]), *(line(r) for r in rows)])
 
 
-@contextlib.asynccontextmanager
-async def stack(seed: int):
-    sim = TwsSimulator(SimConfig(port=0, latency="realistic", seed=seed))
-    await sim.start()
-    pacer = Pacer()
-    bridge = TwsBridge(Settings(provider_key=KEY, ib_port=sim.port, connect_timeout=3.0), pacer)
-    try:
-        await bridge.connect()
-        yield sim, bridge, pacer, OptionScanner(bridge, pacer, today=lambda: sim.market.today)
-    finally:
-        await bridge.close()
-        await sim.stop()
+async def run(quick: bool, runs: int | None, seed: int, big: int) -> list[S.Row]:
+    measure = not quick
+    n_runs = runs or (2 if quick else 7)
+    rows: list[S.Row] = []
+    rows.append(await S.chain_cold(seed, 96, 1 if quick else n_runs, measure))
+    if not quick:           # --quick: the big chain runs only under the Monitor refreshes below
+        rows.append(await S.chain_cold(seed, big, 1, measure))
+    rows += await S.prices(seed, n_runs, measure)
+    rows += await S.prices_during_chain(seed, big, n_runs, measure)
+    rows.append(await S.sell_scan(seed, 2 if quick else max(n_runs, 8), measure))
+    if not quick:
+        rows.append(await S.concurrent(seed))
+    return rows
 
 
-async def bench_chain(sim, bridge, pacer, scanner, n: int) -> list[tuple[str, str, str]]:
-    contracts = listed_contracts(sim, "SPY", n)
-    n = len(contracts)
-    m0 = pacer.messages_sent
-    t0 = time.perf_counter()
-    quotes = await asyncio.wait_for(as_flow("chain", scanner.get_option_data_batch(contracts, need_greeks=True,
-                                                                                   need_stats=True)),
-                                    SCENARIO_TIMEOUT)
-    secs = time.perf_counter() - t0
-    msgs = pacer.messages_sent - m0
-    fixed = math.ceil(n / FIXED_CHUNK) * FIXED_WAIT
-    floor45, floor50 = msgs / 45.0, msgs / 50.0
-    # The pacer keeps `rate` messages in any (1 s + JITTER_GUARD) window, a margin against delivery jitter at TWS:
-    # that sets the floor the scanner can reach through it.
-    floor_pacer = msgs * (1.0 + JITTER_GUARD) / pacer.rate
-    priced = sum(q.has_price for q in quotes)
-    return [
-        (f"chain: {n} contracts (greeks + OI)", f"{secs:.2f} s", f"{priced}/{n} priced, {msgs} messages"),
-        ("  fixed design ceil(N/50) x 2.5 s", f"{fixed:.2f} s",
-         f"ours / fixed = {secs / fixed:.2f} (fixed bursts 100 msg/s at each chunk edge: error 100 at TWS)"),
-        ("  floor: messages / 45 per s", f"{floor45:.2f} s", f"ours / floor45 = {secs / floor45:.2f}"),
-        ("  floor: messages / 50 per s", f"{floor50:.2f} s", f"ours / floor50 = {secs / floor50:.2f}"),
-        (f"  floor: the pacer's {pacer.rate:g} per {1 + JITTER_GUARD:g} s", f"{floor_pacer:.2f} s",
-         f"ours / pacer floor = {secs / floor_pacer:.2f} (achieved {msgs / secs:.1f} msg/s)"),
-    ]
-
-
-async def timed_prices(scanner, legs: list[dict], flow: str) -> float:
-    t0 = time.perf_counter()
-    data = await asyncio.wait_for(as_flow(flow, scanner.fetch_prices(FetchPricesPayload(contracts=legs))), 60)
-    secs = time.perf_counter() - t0
-    if sum(r is not None for r in data["contracts"]) < len(legs) // 2:
-        raise RuntimeError(f"fetch_prices priced too few legs: {data}")
-    return secs
-
-
-async def bench_prices(sim, scanner, runs: int) -> list[tuple[str, str, str]]:
-    legs = eight_legs(sim)
-    times = [await timed_prices(scanner, legs, f"prices-{i}") for i in range(runs)]
-    return [(f"prices: 8 legs, {runs} runs", f"median {statistics.median(times):.2f} s",
-             f"p95 {p95(times):.2f} s (original: fixed 2.51 s)")]
-
-
-async def bench_prices_under_load(sim, scanner, runs: int, n: int) -> list[tuple[str, str, str]]:
-    legs = eight_legs(sim)
-    big = listed_contracts(sim, "SPY", n)
-    chain = asyncio.ensure_future(as_flow("big-chain", scanner.get_option_data_batch(big, need_greeks=True,
-                                                                                     need_stats=True)))
-    times: list[float] = []
-    try:
-        t_wait = time.perf_counter()
-        while scanner.stats["lines_opened"] == 0 and time.perf_counter() - t_wait < 10:
-            await asyncio.sleep(0.01)       # let the chain get going (bounded)
-        for i in range(runs):
-            if chain.done():
-                break
-            times.append(await timed_prices(scanner, legs, f"prices-load-{i}"))
-        t0 = time.perf_counter()
-        await asyncio.wait_for(asyncio.shield(chain), SCENARIO_TIMEOUT)
-        tail = time.perf_counter() - t0
-    finally:
-        if not chain.done():
-            chain.cancel()
-        await asyncio.gather(chain, return_exceptions=True)
-    if not times:
-        return [("prices during a chain", "n/a", "the chain ended before a refresh could start")]
-    return [(f"prices: 8 legs during a {n}-contract chain", f"median {statistics.median(times):.2f} s",
-             f"p95 {p95(times):.2f} s over {len(times)} runs (chain finished {tail:.1f} s after the last)")]
-
-
-async def bench_flows(sim, scanner) -> list[tuple[str, str, str]]:
-    """Curate's and Account's whole flows, cold (resolution, option parameters and listings included)."""
-    close = sim.market.today + dt.timedelta(days=30)
-    t0 = time.perf_counter()
-    chain = await asyncio.wait_for(as_flow("curate", scanner.fetch_chain(
-        FetchChainPayload(ticker="AAPL", dealPrice=0, expectedCloseDate=close))), SCENARIO_TIMEOUT)
-    t_chain = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sell = await asyncio.wait_for(as_flow("account", scanner.sell_scan(
-        SellScanPayload(ticker="MSFT", right="C"))), SCENARIO_TIMEOUT)
-    t_sell = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    await as_flow("curate-again", scanner.fetch_chain(FetchChainPayload(ticker="AAPL", dealPrice=0,
-                                                                         expectedCloseDate=close)))
-    t_cached = time.perf_counter() - t0
-    return [
-        (f"fetch_chain AAPL, cold: {len(chain['contracts'])} rows", f"{t_chain:.2f} s",
-         f"{chain['not_listed']} unlisted pairs skipped (original: 96-contract chain 5.3 s, 2 violations)"),
-        ("fetch_chain AAPL again (60 s cache)", f"{t_cached * 1000:.1f} ms", "no TWS messages"),
-        (f"sell_scan MSFT calls, cold: {len(sell['contracts'])} rows", f"{t_sell:.2f} s",
-         "ranked by annualised yield (original: 2.7 s)"),
-    ]
-
-
-async def limits_rows(sim, bridge, pacer) -> list[tuple[str, str, str]]:
-    await bridge.current_time(timeout=5.0)      # the sim has handled every cancel sent before this
-    s = sim.stats()
-    bad = [e for e in s["errors_sent"] if e["code"] in (100, 101, 102)]
-    return [
-        ("limits: pacing violations (error 100)", str(len(s["violations"])), f"errors 100/101/102 sent: {len(bad)}"),
-        ("limits: peak message rate at TWS", f"{s['peak_msg_rate']}/s", f"pacer peak {pacer.peak_rate_1s}/s (cap 45)"),
-        ("limits: peak lines at TWS", str(s["peak_lines"]), f"budget {pacer.lines_budget}"),
-        ("limits: lines left open", str(s["active_lines"]), f"pacer lines in use {pacer.lines_in_use}"),
-    ]
-
-
-def sim_bench_rows() -> list[tuple[str, str, str]]:
-    """The simulator engineer's benchmark (bench/sim_bench.py), if present: its rows in this table's shape."""
+def sim_bench_rows() -> list[str]:
+    """The simulator's own benchmark (bench/sim_bench.py): can it keep up with many clients?"""
     try:
         mod = importlib.import_module("bench.sim_bench")
-    except ModuleNotFoundError:
-        return []
-    fn = getattr(mod, "run", None)
-    if not callable(fn):
-        return [("bench/sim_bench.py", "present", "no run() function; run python -m bench.sim_bench")]
-    try:
-        out = fn()
+        out = mod.run()
     except Exception as e:  # noqa: BLE001 - their benchmark failing must not hide ours
-        return [("bench/sim_bench.py", "failed", f"{type(e).__name__}: {e}")]
-    rows: list[tuple[str, str, str]] = []
+        return [f"bench/sim_bench.py failed: {type(e).__name__}: {e}"]
+    lines = []
     for r in out:
-        if not isinstance(r, dict):
-            continue
-        name = f"sim: {r.get('name', '?')}"
         if "p50_ms" in r:
-            rows.append((name, f"p50 {r['p50_ms']} ms", f"p95 {r.get('p95_ms')} ms, max {r.get('max_ms')} ms, "
-                                                         f"n={r.get('count')}"))
+            lines.append(f"  {r['name']}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, n={r['count']}")
         else:
-            rest = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("bench", "name", "sent_per_s"))
-            rows.append((name, f"{r.get('sent_per_s', '')} msg/s", rest))
-    return rows
-
-
-async def run(n: int, runs: int, seed: int) -> list[tuple[str, str, str]]:
-    rows: list[tuple[str, str, str]] = []
-    async with stack(seed) as (sim, bridge, pacer, scanner):
-        rows += await bench_flows(sim, scanner)
-        rows += await bench_chain(sim, bridge, pacer, scanner, n)
-        rows += await bench_prices(sim, scanner, runs)
-        rows += await bench_prices_under_load(sim, scanner, runs, n)
-        rows += await limits_rows(sim, bridge, pacer)
-    rows += await bench_concurrent(seed)
-    return rows
-
-
-async def bench_concurrent(seed: int) -> list[tuple[str, str, str]]:
-    """Five flows at once on a fresh simulator, cold caches: lookups (contract details, option parameters,
-    per-expiry listings) interleave with other flows' streaming."""
-    async with stack(seed) as (sim, bridge, pacer, scanner):
-        close = sim.market.today + dt.timedelta(days=30)
-        t0 = time.perf_counter()
-
-        async def timed(name: str, coro) -> str:
-            await as_flow(name, coro)
-            return f"{name} {time.perf_counter() - t0:.1f} s"
-
-        done = await asyncio.wait_for(asyncio.gather(
-            timed("chain SPY", scanner.fetch_chain(FetchChainPayload(ticker="SPY", dealPrice=0,
-                                                                     expectedCloseDate=close))),
-            timed("chain AAPL", scanner.fetch_chain(FetchChainPayload(ticker="AAPL", dealPrice=0,
-                                                                      expectedCloseDate=close))),
-            timed("sell MSFT", scanner.sell_scan(SellScanPayload(ticker="MSFT", right="P", business_days=20))),
-            timed("sell TSLA", scanner.sell_scan(SellScanPayload(ticker="TSLA", right="C"))),
-            timed("prices 8", scanner.fetch_prices(FetchPricesPayload(contracts=eight_legs(sim)))),
-        ), SCENARIO_TIMEOUT)
-        await bridge.current_time(timeout=5.0)
-        st = sim.stats()
-    tag = "concurrent"
-    return [(f"{tag}: 2 chains + 2 sell scans + 8 legs", f"{time.perf_counter() - t0:.1f} s", ", ".join(done)),
-            (f"  {tag}: violations", f"{len(st['violations'])}",
-             f"peak {st['peak_msg_rate']}/s at TWS, {st['active_lines']} lines left open, peak lines "
-             f"{st['peak_lines']}")]
-
-
-def table(rows: list[tuple[str, str, str]]) -> str:
-    heads = ("scenario", "figure", "notes")
-    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-    line = lambda cells: "  ".join(c.ljust(w[i]) for i, c in enumerate(cells)).rstrip()  # noqa: E731
-    return "\n".join([line(heads), line(["-" * x for x in w]), *(line(r) for r in rows)])
+            lines.append(f"  throughput: {r['sent_per_s']} msg/s from {r['clients']} clients, "
+                         f"{r['answered']}/{r['answers_expected']} answered, violations {r['violations']}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--contracts", type=int, default=500)
-    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="a quick look, under 30 s")
+    ap.add_argument("--runs", type=int, default=None, help="runs per scenario (default 7; 2 with --quick)")
+    ap.add_argument("--contracts", type=int, default=None, help="the big chain (default 500; 120 with --quick)")
     ap.add_argument("--seed", type=int, default=7)
     a = ap.parse_args(argv)
+    big = a.contracts or (120 if a.quick else 500)
     t0 = time.perf_counter()
-    rows = asyncio.run(run(a.contracts, a.runs, a.seed))
-    rows += sim_bench_rows()
-    print(table(rows))
-    print(f"\n(total {time.perf_counter() - t0:.1f} s; simulator latency 'realistic', seed {a.seed}; Python "
-          f"{sys.version.split()[0]})")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    rows = asyncio.run(run(a.quick, a.runs, a.seed, big))
+    print(table(HEADS, [cells(r) for r in rows]))
+    print()
+    print(table(("limits, per scenario", "violations", "100/101/102", "peak rate", "peak lines", "warm at end",
+                 "left open"), [limit_cells(r) for r in rows]))
+    notes = [f"- {r.name}: {r.notes}" for r in rows if r.notes]
+    if notes:
+        print("\n" + "\n".join(notes))
+    if not a.quick:
+        print("\nThe simulator itself (bench/sim_bench.py):")
+        print("\n".join(sim_bench_rows()))
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n(total {time.perf_counter() - t0:.1f} s; simulator latency 'realistic', seed {a.seed}; load average "
+          f"{load:.2f} before, {load_after:.2f} after; Python {sys.version.split()[0]})")
     return 0
 
 

@@ -22,6 +22,11 @@ class FakeLine:
     def __init__(self, bridge: "FakeBridge", contract: Contract):
         self.bridge, self.contract, self.quote, self.closed = bridge, contract, Quote(), False
         self._changed = asyncio.Event()
+        self._closing: asyncio.Task | None = None
+        self._on_close: list = []
+
+    def on_close(self, fn) -> None:
+        self._on_close.append(fn)
 
     def update(self, **values) -> None:
         for k, v in values.items():
@@ -48,6 +53,7 @@ class FakeBridge:
         self.script = script or {}
         self.default = default
         self.opened: list[Contract] = []
+        self.lines: list[FakeLine] = []
         self.closes = 0
         self.open_now = 0
         self.peak_open = 0
@@ -61,6 +67,7 @@ class FakeBridge:
         # the scanner must hold a reserved line for every open
         assert self.pacer.lines_in_use >= self.open_now + 1
         line = FakeLine(self, contract)
+        self.lines.append(line)
         self.opened.append(contract)
         self.open_now += 1
         self.peak_open = max(self.peak_open, self.open_now)
@@ -77,14 +84,32 @@ class FakeBridge:
                 await self.opened_event.wait()
         await asyncio.wait_for(until(), timeout)
 
+    def end_market_data(self, line: FakeLine):
+        if line._closing is None:
+            line._closing = asyncio.ensure_future(self.close_market_data(line))
+        return line._closing
+
     async def close_market_data(self, line: FakeLine) -> None:
         if line.closed:
             return
         line.closed = True
+        for fn in line._on_close:
+            fn(line)
         self.closes += 1
         self.open_now -= 1
         await self.pacer.message()
         self.pacer.release_lines(1)
+
+    async def cancels_sent(self) -> None:
+        """Wait for the cancels the batched path left to the bridge (it answers without waiting for them)."""
+        while True:
+            pending = [t for t in self.ending_tasks() if not t.done()]
+            if not pending:
+                return
+            await asyncio.wait(pending)
+
+    def ending_tasks(self) -> list:
+        return [line._closing for line in self.lines if line._closing is not None]
 
 
 FULL = dict(bid=1.0, ask=1.2, bid_size=5.0, ask_size=7.0, delta=0.4, open_interest=100.0)
@@ -130,6 +155,7 @@ async def test_results_in_input_order_and_duplicates_fetched_once():
     quotes = await asyncio.wait_for(scanner.get_option_data_batch(cs, need_greeks=True), 10)
     assert [q.bid for q in quotes] == [1.10, 1.00, 1.05, 1.00]
     assert len(bridge.opened) == 3
+    await bridge.cancels_sent()
     assert bridge.closes == 3 and pacer.lines_in_use == 0
 
 
@@ -140,6 +166,7 @@ async def test_failed_contract_does_not_fail_neighbours():
     quotes = await asyncio.wait_for(scanner.get_option_data_batch([opt(100), opt(101), opt(105)]), 10)
     assert quotes[1].error_code == 200 and quotes[1].failed
     assert quotes[0].bid == 1.0 and quotes[2].bid == 1.0 and quotes[0].error_code is None
+    await bridge.cancels_sent()
     assert pacer.lines_in_use == 0
 
 
@@ -164,6 +191,7 @@ async def test_silent_contract_gets_the_window_then_its_line_is_cancelled():
     pacer, bridge, scanner = make(default=None, window=0.05)
     quotes = await asyncio.wait_for(scanner.get_option_data_batch([opt(100), opt(105)]), 10)
     assert not quotes[0].has_price and scanner.stats["window_ends"] == 2
+    await bridge.cancels_sent()
     assert bridge.closes == 2 and pacer.lines_in_use == 0
 
 
@@ -172,20 +200,27 @@ async def test_max_batch_bounds_open_lines():
     pacer, bridge, scanner = make(default=None, window=0.01)
     await asyncio.wait_for(scanner.get_option_data_batch([opt(k) for k in range(100, 130)], max_batch=4), 10)
     assert bridge.peak_open <= 4 and len(bridge.opened) == 30
+    await bridge.cancels_sent()
     assert pacer.lines_in_use == 0
 
 
-async def test_never_more_than_fifty_lines_per_request():
-    """A 120-contract request never has more than 50 lines open."""
-    pacer, bridge, scanner = make(default=None, window=0.01, max_lines=200)
-    await asyncio.wait_for(scanner.get_option_data_batch([opt(k) for k in range(100, 220)]), 20)
-    assert 1 < bridge.peak_open <= 50 and pacer.lines_in_use == 0
+async def test_a_request_uses_the_budget_less_the_reserve():
+    """A 300-contract request may stream on more than 50 lines: up to the budget less the small-request reserve."""
+    pacer, bridge, scanner = make(default=None, window=30.0, max_lines=200)
+    task = asyncio.ensure_future(scanner.get_option_data_batch([opt(k) for k in range(100, 400)]))
+    await bridge.opened_at_least(pacer.lines_budget - pacer.line_reserve)
+    assert pacer.lines_in_use == 190 and pacer.lines_free == pacer.line_reserve
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await bridge.cancels_sent()
+    assert bridge.peak_open == 190 and pacer.lines_in_use == 0
 
 
 async def test_line_budget_bounds_open_lines():
     """With only 8 lines in the budget the request uses at most 8."""
     pacer, bridge, scanner = make(default=None, window=0.01, max_lines=8)
     await asyncio.wait_for(scanner.get_option_data_batch([opt(k) for k in range(100, 140)]), 10)
+    await bridge.cancels_sent()
     assert bridge.peak_open <= 8 and pacer.lines_in_use == 0
 
 
@@ -197,6 +232,7 @@ async def test_cancelled_request_leaks_no_line():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await bridge.cancels_sent()
     assert bridge.open_now == 0 and bridge.closes == len(bridge.opened)
     assert pacer.lines_in_use == 0
 
@@ -207,6 +243,7 @@ async def test_disconnect_fails_the_request_without_leaks():
     bridge.fail_open = IBDisconnected("IB not connected")
     with pytest.raises(IBDisconnected):
         await asyncio.wait_for(scanner.get_option_data_batch([opt(k) for k in range(100, 110)]), 10)
+    await bridge.cancels_sent()
     assert pacer.lines_in_use == 0
 
 
@@ -222,6 +259,7 @@ async def test_small_request_is_served_while_a_big_one_holds_lines():
     big.cancel()
     with pytest.raises(asyncio.CancelledError):
         await big
+    await bridge.cancels_sent()
     assert pacer.lines_in_use == 0
 
 
@@ -234,6 +272,7 @@ async def test_request_cancelled_right_after_reserving_returns_every_line():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await bridge.cancels_sent()
     assert pacer.lines_in_use == 0 and bridge.open_now == 0
 
 
@@ -322,6 +361,7 @@ async def test_lines_silent_during_an_outage_are_asked_again_when_data_returns()
     scanner = OptionScanner(bridge, pacer, window=0.05)
     quotes = await asyncio.wait_for(scanner.get_option_data_batch([opt(100), opt(105)], need_greeks=True), 10)
     assert [q.bid for q in quotes] == [1.0, 1.0] and all(q.error is None for q in quotes)
+    await bridge.cancels_sent()
     assert len(bridge.opened) == 4 and scanner.stats["retried_contracts"] == 2 and pacer.lines_in_use == 0
 
 

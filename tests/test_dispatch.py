@@ -42,7 +42,7 @@ class FakeBridge:
 
 
 class FakePacer:
-    lines_free, lines_budget, lines_in_use = 90, 90, 0
+    lines_free, lines_budget, lines_in_use, lines_warm, line_reserve = 82, 90, 8, 8, 10
 
 
 def make(connected=True) -> Dispatcher:
@@ -64,6 +64,7 @@ async def test_ib_status_fields_and_hyphenated_name():
               "last_connected"):
         assert k in r["data"]
     assert r["data"]["farm_status"] == {"usfarm": True}
+    assert (r["data"]["lines_in_use"], r["data"]["lines_warm"], r["data"]["lines_free"]) == (8, 8, 82)
 
 
 async def test_get_positions_shape():
@@ -222,7 +223,8 @@ async def test_agent_state_fields():
     d = make()
     st = agent_state(d.ctx, d)
     assert st["type"] == "agent_state" and st["ib_connected"] is True and st["ib_farms"] == {"usfarm": True}
-    assert st["available_scan_lines"] == 90 and st["scan_batch_size"] == 50 and st["max_lines"] == 100
+    assert st["available_scan_lines"] == 82 and st["scan_batch_size"] == 80 and st["max_lines"] == 100
+    assert (st["lines_in_use"], st["lines_warm"], st["lines_free"], st["lines_budget"]) == (8, 8, 82, 90)
     assert st["ib_account"] == "DU1234567" and st["paper"] is True
 
 

@@ -71,7 +71,9 @@ def assert_row_matches_sim(sim, row: dict, *, chain: bool = True) -> None:
 
 
 async def sim_caught_up(bridge) -> None:
-    """The simulator handles one client's messages in order: once it answers, it has seen every earlier cancel."""
+    """The flows answer before their cancels go out: wait for those, then for one round trip (the simulator
+    handles one client's messages in order: once it answers, it has seen every earlier cancel)."""
+    assert await bridge.wait_lines_closed(timeout=10.0)
     await bridge.current_time(timeout=5.0)
 
 
@@ -201,8 +203,10 @@ async def test_unknown_ticker_raises_invalid_request():
 
 
 async def test_max_batch_size_bounds_lines_at_tws():
-    """_max_batch_size = 3: TWS never sees more than 3 of our lines at once, and none is left open."""
+    """_max_batch_size = 3: TWS never sees more than 3 of our lines at once (with no warm lines kept), and none
+    is left open."""
     async with stack() as (sim, bridge, pacer, scanner):
+        scanner = OptionScanner(bridge, pacer, today=lambda: sim.market.today, warm_lines=0)
         exp = sim.market.expirations("AAPL")[1]
         legs = [dict(ticker="AAPL", strike=k, expiry=exp, right=r) for k in (220.0, 225.0, 230.0, 235.0, 240.0)
                 for r in "CP"]
@@ -259,7 +263,8 @@ async def test_three_concurrent_flows_trip_no_limit():
         stats = sim.stats()
         assert stats["violations"] == []
         assert not [e for e in stats["errors_sent"] if e["code"] in (100, 101, 102)]
-        assert stats["active_lines"] == 0 and stats["peak_msg_rate"] <= 50
+        # Only Monitor's legs stay open, kept warm for its next refresh (none while another flow waited for lines).
+        assert stats["active_lines"] == pacer.lines_warm == len(scanner.warm) <= 4 and stats["peak_msg_rate"] <= 50
 
 
 async def test_huge_request_is_refused_up_front_with_advice():
@@ -339,17 +344,19 @@ async def test_chain_with_silent_contracts_marks_them_and_is_not_cached():
         scanner.window = 0.3
         close = sim.market.today + dt.timedelta(days=30)
         p = FetchChainPayload(ticker="AAPL", dealPrice=230.0, expectedCloseDate=close)
-        real_close = bridge.close_market_data
+        real_end = bridge.end_market_data
+        farm_lost: list[asyncio.Task] = []
 
-        async def farm_lost_after_first_quote(line):
-            # The first option line to close early has its quote; every line asked after this hears nothing.
-            if sim.farms.get("usfarm", True) and line.contract.sec_type == "OPT" and line.quote.has_price:
-                await sim.set_farm("usfarm", up=False)
-            await real_close(line)
+        def farm_lost_after_first_quote(line):
+            # The first option line to end early has its quote; the lines asked after the farm went hear nothing.
+            if not farm_lost and line.contract.sec_type == "OPT" and line.quote.has_price:
+                farm_lost.append(asyncio.ensure_future(sim.set_farm("usfarm", up=False)))
+            return real_end(line)
 
-        bridge.close_market_data = farm_lost_after_first_quote
+        bridge.end_market_data = farm_lost_after_first_quote
         data = await scanner.fetch_chain(p)
-        bridge.close_market_data = real_close
+        bridge.end_market_data = real_end
+        await farm_lost[0]
         silent = [r for r in data["contracts"] if r["bid"] == 0 and r["ask"] == 0 and r["last"] == 0]
         priced = [r for r in data["contracts"] if r["bid"] > 0 or r["ask"] > 0]
         assert silent and priced

@@ -130,8 +130,10 @@ def test_dedupe_maps_every_input_to_one_fetch():
 
 
 def test_concurrency_limits():
-    """Lines per request: at most 50, the relay's _max_batch_size, the free lines, and the number of contracts."""
-    assert concurrency(600) == 50
+    """Lines per request: the lines it may use, the relay's _max_batch_size, a chunk size, the number of contracts."""
+    assert concurrency(600) == 600
+    assert concurrency(600, free_lines=80) == 80
+    assert concurrency(600, chunk_size=50, free_lines=80) == 50
     assert concurrency(600, max_batch=20) == 20
     assert concurrency(600, max_batch=20, free_lines=7) == 7
     assert concurrency(4) == 4

@@ -70,6 +70,8 @@ def test_candidate_ports_by_mode():
     ("RELAY_URL", "not a url"), ("ALLOW_LIVE_ORDERS", "maybe"), ("IB_MAX_LINES", "0"),
     ("IB_MSG_RATE", "500"), ("IB_MSG_RATE", "nan"), ("IB_CONNECT_TIMEOUT", "-3"), ("LOG_LEVEL", "LOUD"),
     ("IB_HOST", "127.0.0.1:7497"), ("IB_LINE_MARGIN", "100"),
+    ("IB_WARM_SECONDS", "0"), ("IB_WARM_SECONDS", "soon"), ("IB_WARM_LINES", "-1"), ("IB_WARM_LINES", "2.5"),
+    ("IB_WARM_LINES", "90"),
 ])
 def test_bad_value_names_setting(name, value):
     """Every bad value stops loading with a ConfigError naming the setting and the value, plus a fix."""
@@ -109,6 +111,24 @@ def test_every_bad_setting_is_reported_at_once(monkeypatch, tmp_path):
     assert ei.value.setting == "IB_PROVIDER_KEY"
     assert [(e.setting, e.value) for e in ei.value.others] == [("IB_PORT", "abc"), ("LOG_LEVEL", "LOUD")]
     assert all(e.fix for e in ei.value.others)
+
+
+def test_warm_legs_settings_default_parse_and_turn_off():
+    """IB_WARM_SECONDS / IB_WARM_LINES default to 60 s / 20 lines, are read from the environment, and 0 lines is off."""
+    s = load_settings({"IB_PROVIDER_KEY": KEY})
+    assert (s.warm_seconds, s.warm_lines) == (60.0, 20)
+    s = load_settings({"IB_PROVIDER_KEY": KEY, "IB_WARM_SECONDS": "15", "IB_WARM_LINES": "0"})
+    assert (s.warm_seconds, s.warm_lines) == (15.0, 0)
+    assert s.sources["IB_WARM_LINES"] == "environment"
+
+
+def test_warm_lines_must_leave_lines_for_the_other_flows():
+    """IB_WARM_LINES as large as the agent's lines (IB_MAX_LINES - IB_LINE_MARGIN) is refused, saying the budget."""
+    with pytest.raises(ConfigError) as ei:
+        load_settings({"IB_PROVIDER_KEY": KEY, "IB_MAX_LINES": "30", "IB_LINE_MARGIN": "5", "IB_WARM_LINES": "25"})
+    assert ei.value.setting == "IB_WARM_LINES" and "= 25" in str(ei.value)
+    assert load_settings({"IB_PROVIDER_KEY": KEY, "IB_MAX_LINES": "30", "IB_LINE_MARGIN": "5",
+                          "IB_WARM_LINES": "24"}).warm_lines == 24
 
 
 def test_a_bad_max_lines_is_not_also_a_bad_margin():

@@ -308,6 +308,7 @@ async def test_order_callbacks_from_another_thread_reach_the_order_listener_and_
 async def test_read_only_error_sets_read_only_session_and_1100_2110_mark_data_unavailable():
     """321 'Read-Only' marks the session read-only; 1100/2110 mark data unavailable and a farm OK restores it."""
     async with simulator() as sim, bridge_for(sim.port) as b:
+        await sync(b)           # the farm-OK messages TWS sends after the handshake are in: they come before 2110
         assert b.read_only_session is None and b.data_available
         w = b._session.wrapper
         w.error(-1, 321, "Error validating request.-'bN' : cause - The API interface is currently in Read-Only mode.")

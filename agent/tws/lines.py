@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import TYPE_CHECKING, Callable
 
 from agent.types import Contract, Quote
 
 if TYPE_CHECKING:
     from agent.tws.bridge import TwsBridge
+
+log = logging.getLogger("agent.tws")
 
 
 class MarketDataLine:
@@ -18,7 +22,9 @@ class MarketDataLine:
                  session_id: int):
         self.contract = contract
         self.quote = Quote()
-        self.closed = False
+        self._closed = False
+        self._on_close: list[Callable[["MarketDataLine"], None]] = []
+        self.updated_at = time.monotonic()      # when TWS last sent something for this line (monotonic)
         self.req_id = req_id
         self.generic_ticks = generic_ticks
         self.snapshot = snapshot
@@ -28,8 +34,33 @@ class MarketDataLine:
         self._waiters: set[asyncio.Future] = set()     # one per wait() in progress; _notify wakes them all
         self._closing: asyncio.Task | None = None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        # Set by the bridge when the cancel went out or the connection dropped the line: tell the owners once.
+        if value and not self._closed:
+            self._closed = True
+            callbacks, self._on_close = self._on_close, []
+            for fn in callbacks:
+                try:
+                    fn(self)
+                except Exception:       # noqa: BLE001 - one owner's bug must not keep the others uninformed
+                    log.exception("on_close callback for %s failed", self)
+
+    def on_close(self, fn: Callable[["MarketDataLine"], None]) -> None:
+        """Call ``fn(line)`` on the loop when the line is closed (cancelled, or lost with the connection)."""
+        if self._closed:
+            fn(self)
+        else:
+            self._on_close.append(fn)
+
     def _notify(self) -> None:
         """The quote changed (or the line closed/failed): wake every wait(). Called on the loop."""
+        if not self._closed:
+            self.updated_at = time.monotonic()
         for fut in self._waiters:
             if not fut.done():
                 fut.set_result(False)

@@ -2,8 +2,10 @@
 after 1101, and cancel them all on the way out.
 
 Line ownership (docs/design.md): the caller reserves a line with ``pacer.acquire_lines``; ``open_market_data``
-consumes it; ``close_market_data`` (or the loss of the connection) gives it back to the pacer only after the
-cancelMktData went out, so a new reqMktData can never overtake the cancel (error 101).
+consumes it; ``end_market_data`` / ``close_market_data`` (or the loss of the connection) give it back to the pacer
+only after the cancelMktData went out, so a new reqMktData can never use the line before TWS has read its cancel
+(error 101). ``end_market_data`` returns at once: the cancel follows in a bridge-owned task, so an answer never
+waits for its clean-up.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import logging
 
 from agent.errors import IBDisconnected
 from agent.pacer import Ticket
+from agent.tws import ticks
 from agent.tws.lines import MarketDataLine
 from agent.tws.wrapper import Session, to_ib_contract
-from agent.types import Contract
+from agent.types import Contract, Quote
 
 log = logging.getLogger("agent.tws")
 
@@ -42,20 +45,26 @@ class MarketData:
         self._lines[rid] = line
         return line
 
+    def end_market_data(self, line: MarketDataLine) -> asyncio.Task:
+        """Start the line's cancelMktData and return at once (idempotent; never raises). The cancel is paced and
+        sent by a bridge-owned task, which then gives the line back to the pacer; it completes even if the
+        caller is cancelled. Returns that task (``close_market_data`` awaits it)."""
+        if line._closing is None:
+            # The cancel's place in the pacer queue is taken now, in call order among cancels; the send itself
+            # happens in a bridge-owned task.
+            session = self._session
+            ticket = None
+            if (line.req_id in self._lines and session is not None and session.id == line._session_id
+                    and not session.lost and not line.snapshot_done and not _rejected(line)):
+                ticket = self.pacer.ticket(cancel=True)
+            line._closing = self._spawn(self._cancel_line(line, ticket), f"cancel-mkt-{line.req_id}")
+        return line._closing
+
     async def close_market_data(self, line: MarketDataLine) -> None:
-        """cancelMktData (paced), then the line goes back to the pacer. Idempotent; never raises (except the
-        caller's own cancellation); the cancel completes in a bridge-owned task even if the caller is cancelled."""
+        """cancelMktData (paced), then the line goes back to the pacer; waits for both. Idempotent; never raises
+        (except the caller's own cancellation); the cancel completes even if the caller is cancelled."""
         try:
-            if line._closing is None:
-                # The cancel's place in the pacer queue is taken now, in call order (a request made after this
-                # call queues behind the cancel); the send itself happens in a bridge-owned task.
-                session = self._session
-                ticket = None
-                if (line.req_id in self._lines and session is not None and session.id == line._session_id
-                        and not session.lost and not line.snapshot_done):
-                    ticket = self.pacer.ticket()
-                line._closing = self._spawn(self._cancel_line(line, ticket), f"cancel-mkt-{line.req_id}")
-            await asyncio.shield(line._closing)
+            await asyncio.shield(self.end_market_data(line))
         except asyncio.CancelledError:
             raise
         except Exception:       # noqa: BLE001
@@ -76,6 +85,8 @@ class MarketData:
                 except IBDisconnected:
                     pass        # the loss freed the line with all the others
         finally:
+            if ticket is not None:
+                self.pacer.cancel_done(ticket)
             line.closed = True
             if self._lines.pop(line.req_id, None) is not None:
                 self.pacer.release_lines(1)     # only now: a new reqMktData can't overtake the cancel (101)
@@ -94,7 +105,11 @@ class MarketData:
         return len(self._lines)
 
     async def _resubscribe(self, session: Session) -> None:
-        """After 1101 (data lost) re-request every open line with its own reqId."""
+        """After 1101 (data lost) re-request every open line with its own reqId. What a line heard before the
+        loss is forgotten, so nobody answers from it as if it were live (a warm leg waits for fresh ticks)."""
+        for line in list(self._lines.values()):
+            if not line.closed and line._closing is None and line.quote.error_code is None:
+                line.quote = Quote()
         for line in list(self._lines.values()):
             if line.closed or line._closing is not None or line.quote.error_code is not None:
                 continue        # closing, or failed for good (e.g. 200): asking again would not help
@@ -111,3 +126,8 @@ class MarketData:
     async def _cancel_all_lines(self, session: Session) -> None:
         for line in list(self._lines.values()):
             await self.close_market_data(line)
+
+
+def _rejected(line: MarketDataLine) -> bool:
+    """TWS refused the request (no line was opened there): nothing to cancel, the line comes back at once."""
+    return line.quote.error_code in ticks.REJECTED_LINE and not line.quote.has_price

@@ -48,6 +48,11 @@ def is_warning(code: int) -> bool:
     return code in NON_FATAL or 2100 <= code <= 2199
 
 
+#: Errors for a reqMktData that TWS refused outright: it holds no line for it, so there is nothing to cancel
+#: (a cancelMktData would only earn error 300). 200 no such contract, 321 validation, 354 not subscribed,
+#: 10168 delayed data not enabled, 101 no free line. Not 102 (duplicate id): the first line with that id lives.
+REJECTED_LINE = frozenset({101, 200, 321, 354, 10168})
+
 CANCELLED_UNKNOWN_ID = 300                          # "Can't find EId with tickerId" after a cancel crossed a tick
 CLIENT_ID_IN_USE = 326
 READ_ONLY = 321
