@@ -258,7 +258,11 @@ async def test_http_through_relay_to_agent_and_tws(tmp_path):
 
         status, pos = await http(relay, "GET", "positions")
         assert status == 200 and pos["accounts"] == ["DU1234567"]
-        assert all({"account", "contract", "position", "avgCost"} <= set(p) for p in pos["positions"])
+        rows = sorted((p["account"], p["contract"]["symbol"], p["contract"]["secType"], p["contract"]["conId"],
+                       p["position"], p["avgCost"]) for p in pos["positions"])
+        ids = {s: sim.market.underlyings[s].con_id for s in ("AAPL", "JNPR")}
+        assert rows == [("DU1234567", "AAPL", "STK", ids["AAPL"], 100.0, 210.0),
+                        ("DU1234567", "JNPR", "STK", ids["JNPR"], 300.0, 38.9)]     # the simulator's seeded rows
 
         status, err = await http(relay, "POST", "fetch-prices", {"contracts": []})
         assert status == 500 and "No contracts specified" in err["detail"]

@@ -395,11 +395,23 @@ async def test_unknown_contract_raises_ib_error_200():
         assert b.stats()["pending_requests"] == 0
 
 
-async def test_positions_and_current_time():
-    """positions() ends at positionEnd (an empty list is a real answer); current_time is epoch seconds."""
+async def test_positions_are_the_accounts_rows_and_current_time():
+    """positions() answers the simulator's seeded rows (AAPL 100 @ 210, JNPR 300 @ 38.90), with their conIds;
+    current_time is epoch seconds."""
     async with simulator() as sim, bridge_for(sim.port) as b:
-        assert isinstance(await b.positions(), list)
+        rows = sorted((p.account, p.contract.symbol, p.contract.sec_type, p.contract.con_id, p.position, p.avg_cost)
+                      for p in await b.positions())
+        ids = {s: sim.market.underlyings[s].con_id for s in ("AAPL", "JNPR")}
+        assert rows == [("DU1234567", "AAPL", "STK", ids["AAPL"], 100.0, 210.0),
+                        ("DU1234567", "JNPR", "STK", ids["JNPR"], 300.0, 38.9)]
         assert await b.current_time() > 1_600_000_000
+
+
+async def test_positions_of_an_account_without_any_is_an_empty_list():
+    """An account that holds nothing: positions() ends at positionEnd with [] (an empty list is a real answer)."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        sim.broker.accounts["DU1234567"].positions.clear()
+        assert await b.positions() == []
 
 
 async def test_not_connected_raises_ib_disconnected():
