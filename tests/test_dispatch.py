@@ -55,14 +55,19 @@ def req(rtype, payload=None, rid="r1"):
     return {"type": "request", "request_id": rid, "request_type": rtype, "payload": payload or {}}
 
 
-async def test_ib_status_fields_and_hyphenated_name():
-    """ib-status (hyphenated) answers with every field the relay expects."""
-    r = await make().handle(json.dumps(req("ib-status")))
+@pytest.mark.parametrize("connected", [True, False], ids=["connected", "disconnected"])
+async def test_ib_status_says_what_the_bridge_says(connected):
+    """ib-status (hyphenated) answers every field the relay expects with the bridge's own values, connected or not."""
+    d = make(connected)
+    b = d.ctx.bridge
+    r = await d.handle(json.dumps(req("ib-status")))
     assert r["success"] is True and r["request_id"] == "r1"
-    for k in ("connected", "reconnecting", "message", "farm_status", "data_available", "read_only_session",
-              "last_connected"):
-        assert k in r["data"]
-    assert r["data"]["farm_status"] == {"usfarm": True}
+    data = r["data"]
+    assert data["connected"] is connected and data["reconnecting"] is (not connected)
+    assert data["data_available"] is connected and data["message"] == b.status_message
+    assert data["farm_status"] == {"usfarm": True} and data["read_only_session"] is False
+    assert data["last_connected"] == 1700000000.0 and data["accounts"] == ["DU1234567"] and data["paper"] is True
+    assert (data["host"], data["port"]) == ("127.0.0.1", 7497)
 
 
 async def test_get_positions_shape():
