@@ -23,6 +23,16 @@ async def connected(sim: TwsSimulator, client_id: int = 1) -> AsyncIterator[Prob
         p.disconnect()
 
 
+async def until(cond, timeout: float = 10.0) -> None:
+    """Wait for a condition of the simulator that offers no event (its counters); ``timeout`` only guards a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
 def run(fn, *args, **kw):
     return asyncio.to_thread(fn, *args, **kw)
 

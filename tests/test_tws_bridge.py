@@ -364,8 +364,9 @@ async def test_hung_tws_is_detected_by_the_health_check():
         b_task = asyncio.create_task(b.run())
         try:
             await b.wait_connected(5.0)
-            sim.stall(0.6)
+            sim.stall(3600)     # ended below, once the supervisor has given up on this connection
             await ev.next("tws_lost")
+            sim.stall(0)
             await ev.next("tws_reconnected")
             assert b.connected
         finally:
