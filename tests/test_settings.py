@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, strategies as st
 
 from agent.errors import ConfigError
 from agent.settings import load_settings
@@ -61,6 +62,26 @@ def test_candidate_ports_by_mode():
     assert load_settings({"IB_PROVIDER_KEY": KEY, "IB_PORT": "7496"}).candidate_ports() == [7496]
     assert load_settings({"IB_PROVIDER_KEY": KEY}).candidate_ports() == [7497, 4002, 7496]
     assert load_settings({"IB_PROVIDER_KEY": KEY, "IB_MODE": "LIVE"}).candidate_ports() == [7496, 4001, 7497]
+
+
+@pytest.mark.parametrize("value", ["paper", "live", " Paper ", "LIVE", "\tlive\n"])
+def test_ib_mode_paper_or_live_in_any_case_and_spacing(value):
+    """IB_MODE=paper or live is read whatever its case and surrounding spaces."""
+    assert load_settings({"IB_PROVIDER_KEY": KEY, "IB_MODE": value}).ib_mode == value.strip().lower()
+
+
+@given(st.text(max_size=12).filter(lambda v: v.strip() and v.strip().lower() not in ("paper", "live")))
+@example("foo")
+@example("demo")
+@example("papers")
+@example("liv")
+@example("paper live")
+@example("p aper")
+def test_ib_mode_is_only_paper_or_live(value):
+    """Any other IB_MODE stops loading with a ConfigError naming IB_MODE and the value (the allow-list is exact)."""
+    with pytest.raises(ConfigError) as ei:
+        load_settings({"IB_PROVIDER_KEY": KEY, "IB_MODE": value})
+    assert ei.value.setting == "IB_MODE" and ei.value.value == value
 
 
 @pytest.mark.parametrize("name,value", [
