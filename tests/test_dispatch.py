@@ -248,7 +248,8 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
                               "", 5, None]),
        payload=_json, rid=st.one_of(st.text(max_size=8), st.none(), st.integers()))
 def test_garbage_frames_never_raise(rtype, payload, rid):
-    """Any frame shape gets either no answer (no request_id) or one well-formed response; never an exception."""
+    """Any frame shape gets one well-formed response when it has a request_id (a non-blank string), and no answer
+    (nobody to answer) only when it has none; never an exception."""
     d = make()
 
     async def h(ctx, p):
@@ -256,7 +257,10 @@ def test_garbage_frames_never_raise(rtype, payload, rid):
     d.add("fetch_prices", FetchPricesPayload, h, 55)
     frame = {"type": "request", "request_id": rid, "request_type": rtype, "payload": payload}
     r = asyncio.run(d.handle(json.dumps(frame)))
-    if r is not None:
-        assert r["type"] == "response" and r["request_id"] == rid and isinstance(r["success"], bool)
-        assert (r["error"] is None) == r["success"]
-        json.dumps(r, allow_nan=False)
+    if not (isinstance(rid, str) and rid.strip()):
+        assert r is None
+        return
+    assert r is not None, frame
+    assert r["type"] == "response" and r["request_id"] == rid and isinstance(r["success"], bool)
+    assert (r["error"] is None) == r["success"]
+    json.dumps(r, allow_nan=False)
