@@ -153,10 +153,12 @@ def test_ws_to_loopback_is_allowed():
 
 
 def test_settings_frozen():
-    """Settings cannot be changed after load."""
-    s = load_settings({"IB_PROVIDER_KEY": KEY})
-    with pytest.raises(Exception):
+    """Settings cannot be changed after load: assigning a field is refused as a frozen instance, the value stays."""
+    from pydantic import ValidationError
+    s = load_settings({"IB_PROVIDER_KEY": KEY, "IB_PORT": "7497"})
+    with pytest.raises(ValidationError) as ei:
         s.ib_port = 1  # type: ignore[misc]
+    assert ei.value.errors()[0]["type"] == "frozen_instance" and s.ib_port == 7497
 
 
 def test_key_never_in_str_repr_or_log(caplog):
