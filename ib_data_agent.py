@@ -5,6 +5,7 @@ Run it (double-click start_windows.bat, or ./start_unix.sh, or ``python ib_data_
     python ib_data_agent.py                 run the agent (until Ctrl+C)
     python ib_data_agent.py --check         check the setup step by step (TWS, ports, account, relay key)
     python ib_data_agent.py --demo          run against a built-in simulator, no TWS or internet needed
+    python ib_data_agent.py orders FILE     place a reviewed order file (JSON or CSV, a path or an https URL)
     python ib_data_agent.py --version
     python ib_data_agent.py --config PATH   use another config.env
 """
@@ -18,10 +19,12 @@ from typing import Sequence
 from agent import VERSION
 
 USAGE = """usage: ib_data_agent.py [--config PATH] [--check | --demo | --version | --help]
+       ib_data_agent.py orders FILE [--dry-run] [--yes] [--wait SECONDS] [--config PATH]
 
   (no option)     run the agent until Ctrl+C
   --check         check TWS / IB Gateway, the account and the relay key, step by step
   --demo          run the agent against a built-in TWS simulator and relay (nothing leaves this machine)
+  orders FILE     place a reviewed order file against TWS: checked, previewed, confirmed, never twice
   --config PATH   read settings from PATH instead of config.env beside the agent
   --version       print the version and exit
 """
@@ -49,6 +52,9 @@ def _split_config(args: list[str]) -> tuple[str | None, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "orders":
+        from agent.orders import runner
+        return runner.main(args[1:])
     # --check / --demo anywhere on the line; their own options (e.g. --config for --check) go with them.
     if "--check" in args:
         from agent import doctor

@@ -22,8 +22,8 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agent.exchange_time import new_york_today
 from agent.errors import AgentError, IBDisconnected, IBError, InvalidRequest, RequestTimeout
 from agent.protocol import (FetchChainPayload, FetchPricesPayload, FetchUnderlyingPayload, SellScanPayload,
                             TickerPayload)
@@ -54,26 +54,6 @@ RECOVERY_POLL = 0.05         # the bridge exposes data_available as a flag, not 
 
 # What a line must have before it can be cancelled early.
 NEED_QUOTES, NEED_GREEKS, NEED_STATS = 1, 2, 4
-
-
-# US options expire on New York's calendar, whatever the trader's own time zone: a trader in Asia must not see
-# today's US expiry refused as "in the past". Without an IANA database (Windows without the tzdata package)
-# ZoneInfo raises; then New York's standard offset, off by one hour only around midnight in summer.
-NY_ZONE = "America/New_York"
-NY_STANDARD = _dt.timezone(_dt.timedelta(hours=-5), "UTC-05:00")
-
-
-def new_york_tz() -> _dt.tzinfo:
-    try:
-        return ZoneInfo(NY_ZONE)
-    except ZoneInfoNotFoundError:
-        log.debug("no time zone database for %s (install tzdata): using UTC-5 for the exchange date", NY_ZONE)
-        return NY_STANDARD
-
-
-def new_york_today(now: Callable[[_dt.tzinfo], _dt.datetime] = _dt.datetime.now) -> _dt.date:
-    """Today's date in New York, the calendar US option expiries are on (``now(tz)`` is injectable for tests)."""
-    return now(new_york_tz()).date()
 
 
 @dataclass

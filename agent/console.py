@@ -13,7 +13,7 @@ import logging.handlers
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable, Sequence, TextIO
 
 LOG_FILE = "agent.log"
 REDACTED = "***"
@@ -97,7 +97,8 @@ FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def setup_logging(log_dir: Path | str, secrets: Iterable[str] = (), *, level: str = "INFO",
-                  stream: TextIO | None = None, max_bytes: int = 2_000_000, backups: int = 5) -> Path | None:
+                  stream: TextIO | None = None, max_bytes: int = 2_000_000, backups: int = 5,
+                  file_name: str = LOG_FILE) -> Path | None:
     """Install the console and file handlers on the root logger (replacing ones this function installed before).
 
     Returns the log file's path, or None when the log directory cannot be written (the console still works,
@@ -122,7 +123,7 @@ def setup_logging(log_dir: Path | str, secrets: Iterable[str] = (), *, level: st
     setattr(console, _HANDLER_TAG, True)
     root.addHandler(console)
 
-    path: Path | None = Path(log_dir) / LOG_FILE
+    path: Path | None = Path(log_dir) / file_name
     try:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         fh = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
@@ -144,6 +145,18 @@ def teardown_logging() -> None:
         if getattr(h, _HANDLER_TAG, False):
             root.removeHandler(h)
             h.close()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table with right-aligned columns (the demo's and the order files' printouts)."""
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, cell in enumerate(r):
+            widths[i] = max(widths[i], len(cell))
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)
 
 
 # --- the sentences a trader reads (one per state change) ---------------------------------------

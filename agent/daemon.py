@@ -19,6 +19,8 @@ from typing import Any, Callable, Coroutine
 
 from agent import VERSION
 from agent.dispatch import AgentContext, Dispatcher, agent_state, register_core
+from agent.orders import handlers as order_handlers
+from agent.orders.desk import STOP_WAIT, OrderDesk
 from agent.pacer import Pacer
 from agent.protocol import boot_phase_frame
 from agent.relay import RelayClient
@@ -98,9 +100,11 @@ class Daemon:
         self.bridge = bridge_factory(settings, self.pacer, on_event=self._on_bridge_event)
         scanner_cls, register = _load_scanner()
         scanner = scanner_cls(self.bridge, self.pacer, **(scanner_options or {})) if scanner_cls else None
-        self.ctx = AgentContext(settings, self.pacer, self.bridge, scanner, push=self._push)
+        self.orders = OrderDesk(self.bridge, settings, push=self._push)
+        self.ctx = AgentContext(settings, self.pacer, self.bridge, scanner, push=self._push, orders=self.orders)
         self.dispatcher = Dispatcher(self.ctx)
         register_core(self.dispatcher)
+        order_handlers.register(self.dispatcher)
         if register is not None:
             register(self.dispatcher)
         self.relay = RelayClient(settings, self.dispatcher.handle, self.agent_state, accounts=self._accounts,
@@ -124,6 +128,7 @@ class Daemon:
             if name == "tws_connected" and not self._booted:
                 self._booted = True
                 self._push(boot_phase_frame("boot_complete", "connected to TWS", 1.0, time.time()))
+            self.orders.on_bridge_event(name, data)
             if self.relay is not None:
                 self.relay.on_bridge_event(name, data)
         except Exception:  # noqa: BLE001 - an event must never break the bridge that reports it
@@ -140,6 +145,7 @@ class Daemon:
         lines.append(f"TWS/IB Gateway: {s.ib_host} port {ports} ({how}), client id {s.ib_client_id}")
         lines.append(f"Relay: {s.relay_url}")
         lines.append(f"API key: set, from {s.key_source}")
+        lines += self.orders.order_policy_lines([])
         return lines
 
     # --- lifetime ---------------------------------------------------------------------------------
@@ -149,10 +155,29 @@ class Daemon:
         for line in self.banner():
             log.info(line)
         assert self.relay is not None
+        group = asyncio.ensure_future(run_task_group({"tws-bridge": self.bridge.run(),
+                                                      "relay-client": self.relay.run()}))
         try:
-            await run_task_group({"tws-bridge": self.bridge.run(), "relay-client": self.relay.run()})
+            # Shielded: a stop (Ctrl+C, SIGTERM) first lets orders in flight hear from TWS and answer the relay,
+            # both still connected, then cancels the parts.
+            await asyncio.shield(group)
+        except asyncio.CancelledError:
+            await self._settle_orders()
+            group.cancel()
+            await asyncio.gather(group, return_exceptions=True)
+            raise
         finally:
+            if not group.done():
+                group.cancel()
+                await asyncio.gather(group, return_exceptions=True)
             await self.close()
+
+    async def _settle_orders(self) -> None:
+        """Stopping: order requests in flight get up to STOP_WAIT s to learn their order's state and answer."""
+        try:
+            await self.orders.stop(STOP_WAIT)
+        except asyncio.CancelledError:
+            pass                # a second Ctrl+C: go now
 
     async def close(self) -> None:
         """Cancel market data and disconnect from TWS, within CLOSE_TIMEOUT. Safe while being cancelled."""
@@ -164,6 +189,7 @@ class Daemon:
             raise
         except Exception:  # noqa: BLE001 - shutting down: note it and go
             log.debug("error while closing the TWS bridge", exc_info=True)
+        await self.orders.close()
         log.info("Agent stopped")
 
 

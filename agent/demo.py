@@ -9,6 +9,9 @@ web app would:
   Monitor  POST /options/relay/fetch-prices  a few spread legs taken from that chain
   Account  POST /options/relay/sell-scan     AAPL calls
   status   GET  /options/relay/ib-status
+  Orders   POST /options/relay/place-order   a paper limit order well under the market (it rests), then
+           GET  /options/relay/open-orders   the order book showing it, and
+           POST /options/relay/cancel-order  its cancellation
 
 and prints each answer as a table with its timing. Everything is shut down on the way out (also on Ctrl+C).
 Exit status 0 when every flow answered and the agent kept IB's limits (no pacing violation, no market data line
@@ -33,9 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from agent.console import table
+
 DEMO_KEY = "demo-provider-key-0000"     # the reference relay accepts this key and nothing else
 DEAL_TICKER, DEAL_PRICE = "JNPR", 40.0
 SELL_TICKER = "AAPL"
+ORDER_TICKER = "SPY"                    # the demo's paper order: 1 share, limit 20 % under the market (it rests)
 HTTP_TIMEOUT = 60.0                     # one flow; the relay's own waits are 60–180 s, the sim answers in seconds
 READY_TIMEOUT = 30.0                    # agent authenticated at the relay and connected to the simulator
 LINES_SETTLE = 30.0                     # after the flows, the agent's last cancels reach TWS (usually at once)
@@ -108,18 +114,6 @@ def _fmt(v: Any, kind: str = "num") -> str:
     return str(v)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table with right-aligned columns."""
-    widths = [len(h) for h in headers]
-    for r in rows:
-        for i, cell in enumerate(r):
-            widths[i] = max(widths[i], len(cell))
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    out = [line(headers), "  ".join("-" * w for w in widths)]
-    out.extend(line(r) for r in rows)
-    return "\n".join(out)
-
-
 def chain_table(data: dict, max_rows: int = 24) -> str:
     rows = data.get("contracts", [])
     body = [[r.get("expiry", ""), _fmt(r.get("strike")), r.get("right", ""), _fmt(r.get("bid")), _fmt(r.get("ask")),
@@ -162,6 +156,24 @@ def status_table(data: dict) -> str:
             ["data farms", ", ".join(f"{k} {'ok' if v else 'down'}" for k, v in sorted(farms.items())) or "—"],
             ["message", str(data.get("message") or "—")]]
     return table(["ib-status", "value"], body)
+
+
+def orders_table(book: dict) -> str:
+    body = []
+    for o in book.get("orders", []):
+        c, order, state = o.get("contract", {}), o.get("order", {}), o.get("orderState", {})
+        body.append([str(o.get("orderId")), str(order.get("account", "")), str(order.get("action", "")),
+                     _fmt(order.get("totalQuantity"), "int"), str(c.get("symbol", "")), str(order.get("orderType", "")),
+                     _fmt(order.get("lmtPrice")), str(state.get("status", "")), str(order.get("orderRef", ""))])
+    return table(["order", "account", "side", "qty", "symbol", "type", "limit", "status", "orderRef"], body)
+
+
+def order_payload(quote: dict) -> dict:
+    """A paper order that rests: BUY 1 at 80 % of the last price, on a penny tick."""
+    limit = round(float(quote.get("price") or 0) * 0.8, 2)
+    return {"contract": {"symbol": ORDER_TICKER, "secType": "STK", "exchange": "SMART", "currency": "USD"},
+            "order": {"action": "BUY", "totalQuantity": 1, "orderType": "LMT", "lmtPrice": limit, "tif": "DAY"},
+            "timeout_sec": 20}
 
 
 # --- HTTP, the web app's side ---------------------------------------------------------------------
@@ -320,7 +332,33 @@ async def run_flows(base: str, out: Callable[[str], Any], today: dt.date) -> lis
     out(_indent(status_table(status.data)))
     if not status.data.get("connected"):
         raise DemoFailed("ib-status says TWS is not connected")
+
+    results += await order_flow(base, out)
     return results
+
+
+async def order_flow(base: str, out: Callable[[str], Any]) -> list[FlowResult]:
+    """5) Orders: a paper limit order that rests, the book showing it, its cancellation."""
+    quote = await call(base, "POST", "stock-quote", {"ticker": ORDER_TICKER})
+    payload = order_payload(quote.data)
+    order = payload["order"]
+    out(f"\n5) Orders — place-order {order['action']} {order['totalQuantity']} {ORDER_TICKER} LMT "
+        f"{order['lmtPrice']:.2f} (paper; 20 % under the market, so it rests), show the book, cancel it")
+    placed = await call(base, "POST", "place-order", payload)
+    oid = placed.data.get("orderId")
+    if placed.data.get("status") not in ("Submitted", "PreSubmitted"):
+        raise DemoFailed(f"place-order answered status {placed.data.get('status')!r}, expected a resting order")
+    out(f"   order {oid}: {placed.data.get('status')} — {placed.seconds:.2f} s")
+    book = await call(base, "GET", "open-orders")
+    if oid not in [o.get("orderId") for o in book.data.get("orders", [])]:
+        raise DemoFailed(f"open-orders does not list order {oid}")
+    out(f"   open-orders ({book.seconds:.2f} s):")
+    out(_indent(orders_table(book.data)))
+    cancelled = await call(base, "POST", "cancel-order", {"orderId": oid})
+    if cancelled.data.get("ok") is not True or cancelled.data.get("status") != "Cancelled":
+        raise DemoFailed(f"cancel-order answered {cancelled.data}")
+    out(f"   cancel-order: {cancelled.data.get('status')} — {cancelled.seconds:.2f} s")
+    return [placed, book, cancelled]
 
 
 class AgentConsole:

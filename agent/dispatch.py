@@ -5,8 +5,8 @@ a handler error or a deadline expiry all become a ``success:false`` response a t
 there is no request_id to answer, a log line). Deadlines sit inside the relay's own waits (docs/design.md),
 so an answer always arrives while the relay still listens.
 
-This module also implements the status handlers (``ib_status``, ``ib_reconnect``, ``get_positions``) and the
-honest refusals of the order types this release does not carry.
+This module also implements the status handlers (``ib_status``, ``ib_reconnect``, ``get_positions``); the order
+types live in agent/orders/handlers.py.
 """
 
 from __future__ import annotations
@@ -22,17 +22,14 @@ from pydantic import ValidationError
 
 from agent import VERSION
 from agent import console
-from agent.errors import AgentError, IBDisconnected, IBError, OrderRefused
+from agent.errors import AgentError, IBDisconnected, IBError
 from agent.pacer import current_flow
-from agent.protocol import (CancelOrderPayload, EmptyPayload, ModifyOrderPayload, OpenOrdersPayload, Payload,
-                            PlaceOrderPayload, ReconnectPayload, RequestFrame, TimeoutPayload,
+from agent.protocol import (EmptyPayload, Payload, ReconnectPayload, RequestFrame, TimeoutPayload, contract_dict,
                             describe_validation_error, response_error, response_ok)
 
 log = logging.getLogger("agent.dispatch")
 
 IB_NOT_CONNECTED = ("IB not connected — is TWS/IB Gateway running and logged in? (the agent keeps retrying)")
-ORDERS_UNAVAILABLE = ("Order handling is not available in this agent version ({version}): this agent serves "
-                      "market data, positions and status only. Place, change or cancel orders in TWS directly.")
 
 # Request types polled by the web app: logged at DEBUG so the console is not a wall of status lines.
 QUIET_TYPES = {"ib_status"}
@@ -63,6 +60,7 @@ class AgentContext:
     pacer: Any               # agent.pacer.Pacer
     bridge: Any              # agent.tws.TwsBridge
     scanner: Any = None      # ib_scanner.OptionScanner | None
+    orders: Any = None       # agent.orders.desk.OrderDesk | None
     push: Callable[[dict], None] = field(default=lambda frame: None)
 
 
@@ -259,29 +257,14 @@ async def ib_reconnect(ctx: AgentContext, p: ReconnectPayload) -> dict:
     return {"ok": bool(ctx.bridge.connected), "message": message}
 
 
-def _contract_dict(c) -> dict:
-    return {
-        "conId": c.con_id, "symbol": c.symbol, "secType": c.sec_type, "exchange": c.exchange,
-        "currency": c.currency, "lastTradeDateOrContractMonth": c.expiry, "strike": c.strike, "right": c.right,
-        "multiplier": c.multiplier, "localSymbol": c.local_symbol, "tradingClass": c.trading_class,
-        "primaryExchange": c.primary_exchange,
-    }
-
-
 async def get_positions(ctx: AgentContext, p: TimeoutPayload) -> dict:
     # The relay waits 20 s; the dispatcher's deadline is 18 s: ask TWS for a little less than that.
     positions = await ctx.bridge.positions(timeout=min(float(p.timeout_sec), 16.0))
     return {
-        "positions": [{"account": ap.account, "contract": _contract_dict(ap.contract), "position": ap.position,
+        "positions": [{"account": ap.account, "contract": contract_dict(ap.contract), "position": ap.position,
                        "avgCost": ap.avg_cost} for ap in positions],
         "accounts": list(ctx.bridge.accounts),
     }
-
-
-def _orders_unavailable(kind: str):
-    async def handler(ctx: AgentContext, p: Payload) -> dict:
-        raise OrderRefused(ORDERS_UNAVAILABLE.format(version=VERSION) + f" (request: {kind})")
-    return handler
 
 
 def agent_state(ctx: AgentContext, dispatcher: Dispatcher | None = None) -> dict:
@@ -314,14 +297,9 @@ def agent_state(ctx: AgentContext, dispatcher: Dispatcher | None = None) -> dict
 
 
 def register_core(d: Dispatcher) -> None:
-    """The request types this module serves itself (the option-data types come from ib_scanner.register)."""
+    """The request types this module serves itself (the option-data types come from ib_scanner.register, the
+    order types from agent.orders.handlers.register)."""
     d.add("ib_status", EmptyPayload, ib_status, deadline=10.0, needs_ib=False)
     d.add("ib_reconnect", ReconnectPayload, ib_reconnect, deadline=25.0, needs_ib=False)
     d.add("get_positions", TimeoutPayload, get_positions, deadline=18.0)
-    d.add("get_open_orders", OpenOrdersPayload, _orders_unavailable("get_open_orders"), deadline=18.0,
-          needs_ib=False)
-    d.add("place_order", PlaceOrderPayload, _orders_unavailable("place_order"),
-          deadline=lambda p: p.timeout_sec + 8, needs_ib=False)
-    d.add("modify_order", ModifyOrderPayload, _orders_unavailable("modify_order"),
-          deadline=lambda p: p.timeout_sec + 8, needs_ib=False)
-    d.add("cancel_order", CancelOrderPayload, _orders_unavailable("cancel_order"), deadline=9.0, needs_ib=False)
+

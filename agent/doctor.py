@@ -373,10 +373,10 @@ def _stock(symbol: str) -> Any:
 async def check_read_only(probe: IbProbe, order_id: int, timeout: float,
                           symbol: str = PROBE_SYMBOL) -> CheckResult:
     """Step 5: a what-if order is a margin preview TWS never transmits; error 321 = Read-Only API is on."""
-    from ibapi.order import Order
+    from agent.tws.wrapper import new_ib_order
 
     r = CheckResult(5, TITLES[5])
-    order = Order()
+    order = new_ib_order()
     order.action, order.orderType, order.totalQuantity = "BUY", "LMT", 1
     order.lmtPrice = 1.00
     order.whatIf = True

@@ -85,7 +85,12 @@ class RequestTooLarge(InvalidRequest):
 
 
 class OrderRefused(AgentError):
-    """An order the agent will not place (live account without ALLOW_LIVE_ORDERS, duplicate, invalid)."""
+    """An order the agent did not place, change or cancel (invalid, live account without ALLOW_LIVE_ORDERS,
+    refused by IB, ...). The message says why and what to do; ``code`` is IB's error code when IB refused it."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 # --- relay -------------------------------------------------------------------------------------

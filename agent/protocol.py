@@ -11,7 +11,7 @@ import datetime as _dt
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # --- frames ------------------------------------------------------------------------------------
 
@@ -70,6 +70,16 @@ def response_error(request_id: str, error: str, code: int | None = None) -> dict
     if code is not None:
         frame["code"] = code
     return frame
+
+
+def contract_dict(c: Any) -> dict:
+    """An ``agent.types.Contract`` in the relay's contract shape (positions, orders)."""
+    return {
+        "conId": c.con_id, "symbol": c.symbol, "secType": c.sec_type, "exchange": c.exchange,
+        "currency": c.currency, "lastTradeDateOrContractMonth": c.expiry, "strike": c.strike, "right": c.right,
+        "multiplier": c.multiplier, "localSymbol": c.local_symbol, "tradingClass": c.trading_class,
+        "primaryExchange": c.primary_exchange,
+    }
 
 
 def auth_frame(api_key: str, version: str) -> dict:
@@ -231,83 +241,30 @@ class ReconnectPayload(Payload):
     force: bool = False
 
 
-SEC_TYPES = ("STK", "OPT", "FOP", "FUT", "CASH", "BOND", "WAR", "BAG")
-ORDER_TYPES = ("MKT", "LMT", "STP", "STP LMT", "MOC", "LOC", "TRAIL", "TRAIL LIMIT", "MKT PRT", "LMT PRT")
-
-
-class ContractModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    conId: int = 0
-    symbol: str = ""
-    secType: str = "STK"
-    exchange: str = "SMART"
-    currency: str = "USD"
-    lastTradeDateOrContractMonth: str = ""
-    strike: float = 0.0
-    right: str = ""
-    multiplier: str = ""
-    localSymbol: str = ""
-    tradingClass: str = ""
-    primaryExchange: str = ""
-
-    @field_validator("secType", mode="before")
-    @classmethod
-    def _sec_type(cls, v: Any) -> str:
-        s = str(v or "").strip().upper()
-        if s not in SEC_TYPES:
-            raise ValueError(f"secType {v!r} is not one of {', '.join(SEC_TYPES)}")
-        return s
-
-    @model_validator(mode="after")
-    def _identified(self) -> "ContractModel":
-        if not self.conId and not self.symbol:
-            raise ValueError("contract needs a conId or a symbol")
-        return self
-
-
-class OrderModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    action: Literal["BUY", "SELL", "SSHORT"]
-    totalQuantity: float = Field(gt=0)
-    orderType: str = "LMT"
-    lmtPrice: float | None = None
-    auxPrice: float | None = None
-    trailStopPrice: float | None = None
-    trailingPercent: float | None = None
-    tif: str = "DAY"
-    outsideRth: bool = False
-    transmit: bool = True
-    whatIf: bool = False
-    account: str = ""
-    openClose: str = ""
-    orderRef: str = ""
-
-    @field_validator("action", "orderType", "tif", mode="before")
-    @classmethod
-    def _upper(cls, v: Any) -> Any:
-        return v.strip().upper() if isinstance(v, str) else v
-
-    @model_validator(mode="after")
-    def _prices(self) -> "OrderModel":
-        if self.orderType not in ORDER_TYPES:
-            raise ValueError(f"orderType {self.orderType!r} is not one of {', '.join(ORDER_TYPES)}")
-        if self.orderType in ("LMT", "STP LMT", "LOC", "LMT PRT") and (self.lmtPrice is None or self.lmtPrice <= 0):
-            raise ValueError(f"lmtPrice is required (> 0) for a {self.orderType} order")
-        return self
-
-
 class PlaceOrderPayload(Payload):
-    contract: ContractModel
-    order: OrderModel
+    """place_order: ``contract`` and ``order`` as the relay sends them (relay-protocol.md). Their fields are checked
+    by agent/orders/validation.py, which names every problem at once; here only their shape (objects)."""
+
+    contract: dict[str, Any]
+    order: dict[str, Any]
     timeout_sec: float = Field(default=30, gt=0, le=300)
 
 
 class ModifyOrderPayload(PlaceOrderPayload):
-    orderId: int = Field(gt=0)
+    orderId: int
+
+    @field_validator("orderId")
+    @classmethod
+    def _order_id(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("orderId 0 names no order (orders typed into TWS have id 0 until bound to client 0)")
+        return v
 
 
 class CancelOrderPayload(Payload):
-    orderId: int = Field(gt=0)
+    orderId: int
+
+    _o = field_validator("orderId")(classmethod(lambda cls, v: ModifyOrderPayload._order_id(v)))
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -276,13 +276,15 @@ def _parse(name: str, raw: str, source: str, config_path: Path | None):
     raise KeyError(name)
 
 
-def load_settings(environ: Mapping[str, str] | None = None, config_path: str | Path | None = None) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, config_path: str | Path | None = None, *,
+                  need_key: bool = True) -> Settings:
     """Read config.env (if any) and the environment into one validated, frozen ``Settings``.
 
     ``environ`` defaults to ``os.environ`` (read now, never at import). ``config_path`` defaults to config.env
     beside the agent; an explicit path that does not exist is an error, the default one may be absent.
     Raises ``ConfigError`` for the first bad setting, with every other bad one in its ``others`` (a trader
-    fixing config.env should not have to restart once per mistake).
+    fixing config.env should not have to restart once per mistake). ``need_key=False`` (order files, which never
+    talk to the relay): the key is not required, nor checked.
     """
     env = dict(os.environ if environ is None else environ)
     path: Path | None
@@ -321,6 +323,9 @@ def load_settings(environ: Mapping[str, str] | None = None, config_path: str | P
             raw, src = "", "default"
         sources[name] = src
         if src == "default" and name != "IB_PROVIDER_KEY":
+            continue
+        if name == "IB_PROVIDER_KEY" and not need_key:
+            values[field] = SecretStr(raw.strip())      # still a secret: redacted wherever it might show
             continue
         try:
             values[field] = _parse(name, raw, src, path)

@@ -129,3 +129,103 @@ class AccountPosition:
     contract: Contract
     position: float
     avg_cost: float
+
+
+# --- orders ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OrderTicket:
+    """What an order asks for, validated (agent/orders/validation.py). Prices are None when not given."""
+
+    action: str                     # BUY / SELL
+    quantity: float
+    order_type: str                 # MKT, LMT, STP, "STP LMT", MOC, LOC, TRAIL, "TRAIL LIMIT", "MKT PRT", "LMT PRT"
+    lmt_price: float | None = None
+    aux_price: float | None = None          # stop price (STP, STP LMT) or trailing amount (TRAIL, TRAIL LIMIT)
+    trail_stop_price: float | None = None
+    trailing_percent: float | None = None
+    lmt_price_offset: float | None = None   # TRAIL LIMIT
+    tif: str = "DAY"
+    outside_rth: bool = False
+    account: str = ""
+    order_ref: str = ""
+    what_if: bool = False
+    open_close: str = ""
+
+    def describe(self) -> str:
+        """'BUY 100 LMT 210.5 DAY' — side, size, type, price(s), time in force."""
+        qty = f"{self.quantity:g}"
+        parts = [self.action, qty, self.order_type]
+        if self.lmt_price is not None:
+            parts.append(f"{self.lmt_price:g}")
+        if self.aux_price is not None:
+            parts.append(f"aux {self.aux_price:g}")
+        if self.trailing_percent is not None:
+            parts.append(f"trail {self.trailing_percent:g}%")
+        parts.append(self.tif)
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class OrderInfo:
+    """An order as TWS reports it: openOrder (5), or completedOrder (101) with ``completed`` set.
+
+    ``margin`` is set only on a what-if answer: initial/maintenance margin and equity with loan, before, change
+    and after, and the commission estimate (None where TWS sent nothing)."""
+
+    order_id: int
+    client_id: int
+    perm_id: int
+    contract: Contract
+    ticket: OrderTicket
+    status: str
+    warning_text: str = ""
+    commission: float | None = None
+    completed: bool = False
+    completed_time: str = ""
+    completed_status: str = ""
+    filled: float | None = None             # completed orders carry their filled quantity
+    margin: dict | None = None
+
+
+@dataclass(frozen=True)
+class OrderStatusInfo:
+    """orderStatus (3). TWS repeats it freely: the book keeps the last one and reports changes only."""
+
+    order_id: int
+    status: str
+    filled: float
+    remaining: float
+    avg_fill_price: float
+    perm_id: int = 0
+    client_id: int = 0
+    last_fill_price: float = 0.0
+    why_held: str = ""
+
+
+@dataclass(frozen=True)
+class ExecutionInfo:
+    """One fill (execDetails, 11). ``exec_id`` is unique; a correction keeps the prefix and changes the suffix."""
+
+    exec_id: str
+    order_id: int
+    client_id: int
+    perm_id: int
+    contract: Contract
+    side: str               # BOT / SLD
+    shares: float
+    price: float
+    cum_qty: float = 0.0
+    avg_price: float = 0.0
+    order_ref: str = ""
+    account: str = ""
+    time: str = ""
+
+
+@dataclass(frozen=True)
+class OrderMessage:
+    """An error or warning TWS sent with an order id as its reqId (e.g. 201 rejected, 110 price, 399 warning)."""
+
+    order_id: int
+    code: int
+    message: str

@@ -13,6 +13,7 @@ from agent.pacer import Pacer
 from agent.protocol import FetchPricesPayload
 from agent.types import Contract, Quote
 import ib_scanner
+from agent import exchange_time
 from ib_scanner import (NEED_GREEKS, NEED_QUOTES, NEED_STATS, OptionScanner, line_done, new_york_today,
                         stock_done)
 
@@ -275,8 +276,8 @@ def test_today_is_new_yorks_date_not_the_traders():
 def test_today_without_a_time_zone_database_uses_new_yorks_standard_offset(monkeypatch):
     """Without tzdata (Windows) ZoneInfo raises; the date then comes from UTC-5 instead of failing."""
     def no_database(key):
-        raise ib_scanner.ZoneInfoNotFoundError(key)
-    monkeypatch.setattr(ib_scanner, "ZoneInfo", no_database)
+        raise exchange_time.ZoneInfoNotFoundError(key)
+    monkeypatch.setattr(exchange_time, "ZoneInfo", no_database)
     at_0430_utc = dt.datetime(2026, 1, 10, 4, 30, tzinfo=dt.timezone.utc)      # 23:30 on the 9th at UTC-5
     assert new_york_today(lambda tz: at_0430_utc.astimezone(tz)) == dt.date(2026, 1, 9)
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from agent.dispatch import (IB_NOT_CONNECTED, AgentContext, Dispatcher, agent_state, register_core)
 from agent.errors import IBDisconnected, IBError
+from agent.orders import handlers as order_handlers
 from agent.pacer import current_flow
 from agent.protocol import FetchPricesPayload, TickerPayload
 from agent.settings import load_settings
@@ -125,17 +126,14 @@ async def test_invalid_payload_names_field():
     assert "No contracts specified" in r["error"]
 
 
-async def test_order_types_validate_then_refuse():
-    """Order types validate their payload, then answer an honest 'not available' error."""
+async def test_order_payloads_must_be_objects():
+    """place_order's contract and order must be JSON objects; cancel_order's orderId a non-zero whole number."""
     d = make()
-    bad = await d.handle(req("place_order", {"contract": {"symbol": "AAPL"}, "order": {"action": "BUY",
-                                                                                        "totalQuantity": 0}}))
-    assert bad["success"] is False and "totalQuantity" in bad["error"]
-    good = await d.handle(req("place_order", {"contract": {"symbol": "AAPL"},
-                                              "order": {"action": "BUY", "totalQuantity": 1, "orderType": "MKT"}}))
-    assert good["success"] is False and "Order handling is not available" in good["error"]
-    r = await d.handle(req("cancel-order", {"orderId": 5}))
-    assert "not available" in r["error"]
+    order_handlers.register(d)
+    bad = await d.handle(req("place_order", {"contract": "AAPL", "order": {"action": "BUY"}}))
+    assert bad["success"] is False and "contract" in bad["error"]
+    r = await d.handle(req("cancel-order", {"orderId": 0}))
+    assert r["success"] is False and "orderId" in r["error"]
 
 
 async def test_needs_ib_when_disconnected_answers_at_once():
@@ -170,6 +168,7 @@ async def test_deadline_expiry_answers_in_words():
 async def test_deadline_from_payload():
     """A callable deadline is computed from the parsed payload (place/modify: timeout_sec + 8)."""
     d = make()
+    order_handlers.register(d)
     route = d.routes["place_order"]
 
     class P:

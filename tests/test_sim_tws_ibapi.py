@@ -36,9 +36,13 @@ async def sim(make_sim):
 
 
 def order(action: str, qty: float, order_type: str = "MKT", lmt: float | None = None, ref: str = "",
-          what_if: bool = False) -> Order:
+          what_if: bool = False, account: str = "") -> Order:
+    """An order as a client of current TWS must send it (ibapi 9.81's defaults eTradeOnly/firmQuoteOnly=True
+    are rejected by TWS 10.x with 10268/10269)."""
     o = Order()
     o.action, o.totalQuantity, o.orderType, o.orderRef, o.whatIf = action, qty, order_type, ref, what_if
+    o.eTradeOnly = o.firmQuoteOnly = False
+    o.account = account
     if lmt is not None:
         o.lmtPrice = lmt
     return o
@@ -528,6 +532,98 @@ async def test_executions_are_reported_with_filter(sim):
         evs = await run(p.collect, "execDetailsEnd", lambda e: e[0] == 77)
         ex = [e for e in evs if e.name == "execDetails" and e[0] == 77]
         assert len(ex) == 1 and ex[0][1].symbol == "MSFT" and ex[0][2].orderRef == "b"
+
+
+async def test_ibapi_default_order_attributes_are_rejected_as_tws_10_does(sim):
+    """ibapi 9.81's default Order (eTradeOnly, firmQuoteOnly = True) gets 10268, then 10269; nothing is placed."""
+    async with connected(sim) as p:
+        o = Order()
+        o.action, o.totalQuantity, o.orderType, o.lmtPrice = "BUY", 1, "LMT", 100.0
+        p.client.placeOrder(51, stock("SPY"), o)
+        assert (await run(p.error_for, 51))[1] == 10268
+        o.eTradeOnly = False
+        p.client.placeOrder(52, stock("SPY"), o)
+        assert (await run(p.error_for, 52))[1] == 10269
+        assert not sim.broker.orders
+
+
+async def test_off_tick_limit_price_gets_110(sim):
+    """A limit price finer than the contract's tick is refused with 110; a nickel JNPR option over $3 too."""
+    async with connected(sim) as p:
+        p.client.placeOrder(53, stock("SPY"), order("BUY", 1, "LMT", 100.004))
+        ev = await run(p.error_for, 53)
+        assert ev[1] == 110 and "minimum price variation" in ev[2]
+        exp = sim.market.expirations("JNPR")[0]
+        p.client.placeOrder(54, option("JNPR", exp, 35.0, "C"), order("BUY", 1, "LMT", 4.02))
+        assert (await run(p.error_for, 54))[1] == 110
+        assert not sim.broker.orders
+
+
+async def test_several_accounts_need_an_account_on_each_order(make_sim):
+    """With two managed accounts an order without an account gets 435; naming one places it there."""
+    sim = await make_sim(accounts=("DU111", "DU222"))
+    async with connected(sim) as p:
+        p.client.placeOrder(55, stock("SPY"), order("BUY", 1, "LMT", 100.0))
+        assert (await run(p.error_for, 55))[1] == 435
+        p.client.placeOrder(56, stock("SPY"), order("BUY", 1, "LMT", 100.0, account="DU222"))
+        await run(p.wait, "orderStatus", lambda e: e[0] == 56 and e[1] == "Submitted")
+        assert sim.broker.orders[(p.client_id, 56)].account == "DU222"
+
+
+async def test_modifying_a_filled_order_gets_104(sim):
+    """placeOrder again with a filled order's id: error 104, the fill stands."""
+    async with connected(sim) as p:
+        p.client.placeOrder(57, stock("SPY"), order("BUY", 1))
+        await run(p.wait, "orderStatus", lambda e: e[0] == 57 and e[1] == "Filled")
+        p.client.placeOrder(57, stock("SPY"), order("BUY", 2))
+        assert (await run(p.error_for, 57))[1] == 104
+        assert sim.broker.orders[(p.client_id, 57)].filled == 1
+
+
+async def test_withheld_order_status_hides_a_working_order_from_its_client(sim):
+    """withhold_order_status: the order works (the order list shows it) but no status or fill is pushed."""
+    sim.withhold_order_status = True
+    async with connected(sim) as p:
+        p.client.placeOrder(58, stock("SPY"), order("BUY", 10, "LMT", 100.0, ref="hidden"))
+        p.client.reqCurrentTime()
+        await run(p.wait, "currentTime")
+        for _ in range(50):
+            if sim.broker.orders.get((p.client_id, 58)) and sim.broker.orders[(p.client_id, 58)].status == "Submitted":
+                break
+            await asyncio.sleep(0.02)
+        assert sim.broker.orders[(p.client_id, 58)].status == "Submitted"
+        assert not [e for e in p.history if e.name in ("openOrder", "orderStatus")]
+        p.client.reqAllOpenOrders()
+        evs = await run(p.collect, "openOrderEnd")
+        assert [e[2].orderRef for e in evs if e.name == "openOrder"] == ["hidden"]
+
+
+async def test_a_buy_beyond_the_accounts_equity_gets_201(sim):
+    """A buy needing more initial margin than the account's equity is rejected with 201 (nothing placed)."""
+    async with connected(sim) as p:
+        p.client.placeOrder(59, stock("SPY"), order("BUY", 10_000, "LMT", 590.0))
+        ev = await run(p.error_for, 59)
+        assert ev[1] == 201 and ev[2].startswith("Order rejected - reason:")
+        assert not sim.broker.orders
+
+
+async def test_manual_orders_show_id_zero_and_bind_to_client_zero(sim):
+    """An order typed into TWS: reqAllOpenOrders shows it with id 0; client 0 bound by reqAutoOpenOrders sees a
+    negative id and may cancel it; another client cannot."""
+    manual = sim.place_manual_order("SPY", "BUY", 5, "LMT", 100.0, order_ref="by-hand")
+    async with connected(sim, 4) as other, connected(sim, 0) as master:
+        other.client.reqAllOpenOrders()
+        evs = await run(other.collect, "openOrderEnd")
+        opens = [e for e in evs if e.name == "openOrder"]
+        assert [(e[0], e[2].clientId, e[2].orderRef) for e in opens] == [(0, 0, "by-hand")]
+        master.client.reqAutoOpenOrders(True)
+        evs = await run(master.collect, "openOrderEnd")
+        assert [e[0] for e in evs if e.name == "openOrder"] == [manual.order_id] and manual.order_id < 0
+        other.client.cancelOrder(manual.order_id)
+        assert (await run(other.error_for, manual.order_id))[1] == 10147
+        master.client.cancelOrder(manual.order_id)
+        await run(master.wait, "orderStatus", lambda e: e[0] == manual.order_id and e[1] == "Cancelled")
+        assert manual.status == "Cancelled"
 
 
 async def test_probe_connect_times_out_instead_of_hanging(make_sim):

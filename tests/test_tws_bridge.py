@@ -264,37 +264,43 @@ async def test_dropped_connection_fails_queued_requests_without_waiting_for_pace
         assert b.stats()["pending_requests"] == 0
 
 
-async def test_callbacks_from_another_thread_become_events_and_a_bad_one_is_contained():
-    """orderStatus/execDetails from ibapi's thread reach on_event; a callback that fails on the loop is only logged."""
+async def test_order_callbacks_from_another_thread_reach_the_order_listener_and_a_bad_one_is_contained():
+    """orderStatus/execDetails from ibapi's thread reach order_listener as typed values; a callback that fails on
+    the loop is only logged."""
     from ibapi.contract import Contract as IBContract
     from ibapi.execution import Execution
     import threading
 
-    ev = Events()
-    async with simulator() as sim, bridge_for(sim.port, events=ev) as b:
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        heard: list[tuple[str, object]] = []
+        got_execution = asyncio.Event()
+
+        def listener(kind: str, obj: object) -> None:
+            heard.append((kind, obj))
+            if kind == "execution":
+                got_execution.set()
+        b.order_listener = listener
         session = b._session
         c = IBContract()
         c.symbol = "AAPL"
         ex = Execution()
-        ex.orderId, ex.side, ex.shares, ex.price = 7, "BOT", 100.0, 190.5
+        ex.orderId, ex.side, ex.shares, ex.price, ex.execId, ex.orderRef = 7, "BOT", 100.0, 190.5, "e.1", "r7"
 
         def from_ibapi_thread() -> None:
             session.wrapper.execDetails(-1, None, None)            # fails on the loop: must be contained
             session.wrapper.orderStatus(7, "Filled", 100.0, 0.0, 190.5, 1, 0, 190.5, 17, "", 0.0)
             session.wrapper.execDetails(-1, c, ex)
 
-        got = asyncio.create_task(ev.next("execution"))
-        await asyncio.sleep(0)
         th = threading.Thread(target=from_ibapi_thread)
         th.start()
-        execution = await got
+        await asyncio.wait_for(got_execution.wait(), 5.0)
         th.join(1)
-        status = [d for n, d in ev.seen if n == "order_status"][-1]
-        assert {k: status[k] for k in ("orderId", "status", "filled", "remaining", "avgFillPrice")} == {
-            "orderId": 7, "status": "Filled", "filled": 100.0, "remaining": 0.0, "avgFillPrice": 190.5}
-        assert {k: execution[k] for k in ("orderId", "symbol", "side", "shares", "price")} == {
-            "orderId": 7, "symbol": "AAPL", "side": "BOT", "shares": 100.0, "price": 190.5}
-        assert "ts" in status and "ts" in execution
+        (k1, status), (k2, execution) = heard
+        assert (k1, k2) == ("status", "execution")
+        assert (status.order_id, status.status, status.filled, status.remaining, status.avg_fill_price,
+                status.perm_id, status.client_id) == (7, "Filled", 100.0, 0.0, 190.5, 1, 17)
+        assert (execution.order_id, execution.contract.symbol, execution.side, execution.shares, execution.price,
+                execution.exec_id, execution.order_ref) == (7, "AAPL", "BOT", 100.0, 190.5, "e.1", "r7")
         assert await b.current_time() > 0 and b.connected
 
 

@@ -25,6 +25,7 @@ from agent.tws.connect import Backoff, accounts_are_paper, mismatch_message
 from agent.tws.lines import MarketDataLine
 from agent.tws.marketdata import MarketData
 from agent.tws.supervisor import Supervisor
+from agent.tws.trading import Trading
 from agent.tws.wrapper import Session, to_ib_contract
 from agent.types import AccountPosition, Contract, ContractInfo, OptionParams
 
@@ -58,7 +59,7 @@ class _Pending:
     items: list = field(default_factory=list)
 
 
-class TwsBridge(Supervisor, MarketData, TwsCallbacks):
+class TwsBridge(Supervisor, MarketData, Trading, TwsCallbacks):
     """See docs/design.md "TWS bridge". Additions: ``ports`` (candidate ports for tests), ``health_interval`` /
     ``health_timeout`` (hung-TWS check), ``connect()`` (one attempt without the supervisor),
     ``wait_lines_closed()``, ``client_id`` (the clientId in use), ``open_lines``, ``stats()``."""
@@ -136,8 +137,12 @@ class TwsBridge(Supervisor, MarketData, TwsCallbacks):
         return task
 
     def _new_req_id(self) -> int:
-        rid = self._next_req_id
-        self._next_req_id += 1
+        """The next id for a request or an order: one sequence, never below TWS's nextValidId, so that an error
+        TWS sends with an id points at one thing only (an order id is also the reqId of its errors)."""
+        session = self._session
+        floor = session.next_order_id if session is not None and session.next_order_id else 1
+        rid = max(self._next_req_id, int(floor))
+        self._next_req_id = rid + 1
         return rid
 
     def _require(self) -> Session:

@@ -117,6 +117,10 @@ class TwsCallbacks:
                 log.info("market data %s: TWS %d %s", line.contract.describe(), code, message)
             line._notify()
             return
+        if req_id > 0 or (req_id < -1 and self.client_id == 0):
+            # Not a request or a line of ours: an order id (ours, or a bound manual order's negative id).
+            if self._order_error(req_id, code, message):
+                return
         if code == ticks.CANCELLED_UNKNOWN_ID or code in ticks.MARKET_DATA_ADVISORY:
             log.debug("TWS %d for reqId %d: %s", code, req_id, message)
             return
@@ -194,16 +198,6 @@ class TwsCallbacks:
 
     def _on_positionEnd(self, session: Session) -> None:
         self._finish(POSITIONS_KEY)
-
-    def _on_orderStatus(self, session: Session, order_id, status, filled, remaining, avg_fill_price) -> None:
-        self._emit("order_status", {"orderId": int(order_id), "status": status, "filled": float(filled),
-                                    "remaining": float(remaining), "avgFillPrice": float(avg_fill_price),
-                                    "ts": time.time()})
-
-    def _on_execDetails(self, session: Session, req_id, contract, execution) -> None:
-        self._emit("execution", {"orderId": int(execution.orderId), "symbol": contract.symbol,
-                                 "side": execution.side, "shares": float(execution.shares),
-                                 "price": float(execution.price), "ts": time.time()})
 
     def _finish(self, key: int) -> None:
         pend = self._requests.get(key)

@@ -21,9 +21,11 @@ from ibapi import comm
 from ibapi.client import EClient
 from ibapi.common import MAX_MSG_LEN
 from ibapi.contract import Contract as IBContract
+from ibapi.order import Order as IBOrder
 from ibapi.wrapper import EWrapper
 
-from agent.types import AccountPosition, Contract, ContractInfo, OptionParams
+from agent.types import (AccountPosition, Contract, ContractInfo, ExecutionInfo, OptionParams, OrderInfo,
+                         OrderStatusInfo, OrderTicket)
 
 log = logging.getLogger("agent.tws")
 
@@ -45,6 +47,15 @@ def to_ib_contract(c: Contract) -> IBContract:
     ib.tradingClass = c.trading_class
     ib.localSymbol = c.local_symbol
     return ib
+
+
+def new_ib_order() -> IBOrder:
+    """An ibapi Order that current TWS accepts. ibapi 9.81 defaults ``eTradeOnly`` and ``firmQuoteOnly`` to True;
+    TWS 10.x rejects an order carrying either with error 10268 / 10269 ("attribute is not supported")."""
+    o = IBOrder()
+    o.eTradeOnly = False
+    o.firmQuoteOnly = False
+    return o
 
 
 def _right(r: str) -> str:
@@ -71,6 +82,71 @@ def option_params_row(exchange, underlying_con_id, trading_class, multiplier, ex
     return OptionParams(exchange=exchange, underlying_con_id=int(underlying_con_id), trading_class=trading_class,
                         multiplier=str(multiplier), expirations=tuple(sorted(expirations)),
                         strikes=tuple(sorted(float(s) for s in strikes)))
+
+
+def _num(v) -> float | None:
+    """IB's unset double (1.797e308), an empty string or junk: None; else the float."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if x != x or abs(x) >= 1e300 else x
+
+
+def to_ib_order(t: OrderTicket) -> IBOrder:
+    """An ibapi Order from a validated ticket (only the fields the ticket's order type uses are set)."""
+    o = new_ib_order()
+    o.action, o.totalQuantity, o.orderType, o.tif = t.action, t.quantity, t.order_type, t.tif
+    for attr, v in (("lmtPrice", t.lmt_price), ("auxPrice", t.aux_price), ("trailStopPrice", t.trail_stop_price),
+                    ("trailingPercent", t.trailing_percent), ("lmtPriceOffset", t.lmt_price_offset)):
+        if v is not None:
+            setattr(o, attr, float(v))
+    o.outsideRth, o.account, o.orderRef, o.whatIf = t.outside_rth, t.account, t.order_ref, t.what_if
+    o.openClose = t.open_close
+    o.transmit = True
+    return o
+
+
+MARGIN_FIELDS = ("initMarginBefore", "maintMarginBefore", "equityWithLoanBefore", "initMarginChange",
+                 "maintMarginChange", "equityWithLoanChange", "initMarginAfter", "maintMarginAfter",
+                 "equityWithLoanAfter")
+
+
+def order_info(order_id, contract, order, state, completed: bool = False) -> OrderInfo:
+    """openOrder (5) / completedOrder (101) as an ``OrderInfo``."""
+    ticket = OrderTicket(action=order.action or "", quantity=float(order.totalQuantity or 0),
+                         order_type=order.orderType or "", lmt_price=_num(order.lmtPrice),
+                         aux_price=_num(order.auxPrice), trail_stop_price=_num(order.trailStopPrice),
+                         trailing_percent=_num(order.trailingPercent), lmt_price_offset=_num(order.lmtPriceOffset),
+                         tif=order.tif or "", outside_rth=bool(order.outsideRth), account=order.account or "",
+                         order_ref=order.orderRef or "", what_if=bool(order.whatIf), open_close=order.openClose or "")
+    margin = None
+    if order.whatIf:
+        margin = {f: _num(getattr(state, f, None)) for f in MARGIN_FIELDS}
+        margin.update(commission=_num(state.commission), minCommission=_num(state.minCommission),
+                      maxCommission=_num(state.maxCommission), commissionCurrency=state.commissionCurrency or "")
+    filled = _num(getattr(order, "filledQuantity", None)) if completed else None
+    return OrderInfo(order_id=int(order_id or 0), client_id=int(order.clientId or 0), perm_id=int(order.permId or 0),
+                     contract=from_ib_contract(contract), ticket=ticket, status=state.status or "",
+                     warning_text=state.warningText or "", commission=_num(state.commission), completed=completed,
+                     completed_time=getattr(state, "completedTime", "") or "",
+                     completed_status=getattr(state, "completedStatus", "") or "", filled=filled, margin=margin)
+
+
+def order_status_info(order_id, status, filled, remaining, avg_fill_price, perm_id, parent_id, last_fill_price,
+                      client_id, why_held, *_rest) -> OrderStatusInfo:
+    return OrderStatusInfo(order_id=int(order_id), status=status or "", filled=float(filled or 0),
+                           remaining=float(remaining or 0), avg_fill_price=float(avg_fill_price or 0),
+                           perm_id=int(perm_id or 0), client_id=int(client_id or 0),
+                           last_fill_price=float(last_fill_price or 0), why_held=why_held or "")
+
+
+def execution_info(contract, ex) -> ExecutionInfo:
+    return ExecutionInfo(exec_id=ex.execId or "", order_id=int(ex.orderId or 0), client_id=int(ex.clientId or 0),
+                         perm_id=int(ex.permId or 0), contract=from_ib_contract(contract), side=ex.side or "",
+                         shares=float(ex.shares or 0), price=float(ex.price or 0), cum_qty=float(ex.cumQty or 0),
+                         avg_price=float(ex.avgPrice or 0), order_ref=ex.orderRef or "", account=ex.acctNumber or "",
+                         time=ex.time or "")
 
 
 def position_row(account, contract, position, avg_cost) -> AccountPosition:
@@ -270,9 +346,26 @@ class Wrapper(EWrapper):
     def positionEnd(self):
         self._p("positionEnd")
 
+    # orders
     def orderStatus(self, orderId, status, filled, remaining, avgFillPrice, permId, parentId, lastFillPrice,
                     clientId, whyHeld, mktCapPrice=None):
-        self._p("orderStatus", orderId, status, filled, remaining, avgFillPrice)
+        self._p("orderStatus", orderId, status, filled, remaining, avgFillPrice, permId, parentId, lastFillPrice,
+                clientId, whyHeld)
+
+    def openOrder(self, orderId, contract, order, orderState):
+        self._p("openOrder", orderId, contract, order, orderState)
+
+    def openOrderEnd(self):
+        self._p("openOrderEnd")
+
+    def completedOrder(self, contract, order, orderState):
+        self._p("completedOrder", contract, order, orderState)
+
+    def completedOrdersEnd(self):
+        self._p("completedOrdersEnd")
 
     def execDetails(self, reqId, contract, execution):
         self._p("execDetails", reqId, contract, execution)
+
+    def execDetailsEnd(self, reqId):
+        self._p("execDetailsEnd", reqId)

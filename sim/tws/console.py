@@ -8,6 +8,7 @@
     malformed [short|truncated|garbage]
     silent on|off             accept TCP but never answer the handshake
     readonly on|off           the Read-Only API setting
+    withhold on|off           orders work but TWS sends no openOrder/orderStatus/execDetails about them
     stats                     print the inspection counters (JSON)
     help
 """
@@ -77,6 +78,9 @@ async def apply(sim: TwsSimulator, line: str, out: Callable[[str], None]) -> Non
     elif cmd == "silent" and len(args) == 1:
         sim.silent_handshake = _onoff(args[0])
         out(f"silent handshake {'on' if sim.silent_handshake else 'off'}")
+    elif cmd == "withhold" and len(args) == 1:
+        sim.withhold_order_status = _onoff(args[0])
+        out(f"order status {'withheld' if sim.withhold_order_status else 'reported'}")
     elif cmd == "readonly" and len(args) == 1:
         sim.set_read_only(_onoff(args[0]))
         out(f"read-only API {'on' if sim.read_only else 'off'}")

@@ -190,10 +190,12 @@ def account_download_end(account: str) -> list:
 
 # ---- orders ---------------------------------------------------------------------------------------
 
-def order_status(o: "SimOrder") -> list:
-    """orderStatus (3) at v157: no version field; mktCapPrice last."""
-    return [ORDER_STATUS, o.order_id, o.status, o.filled, o.remaining, o.avg_fill_price, o.perm_id,
-            o.parent_id, o.last_fill_price, o.client_id, "", 0]
+def order_status(o: "SimOrder", ids: tuple[int, int] | None = None) -> list:
+    """orderStatus (3) at v157: no version field; mktCapPrice last. ``ids``: (orderId, clientId) as this client
+    sees them (an order typed into TWS shows 0, 0 unless bound to client 0)."""
+    order_id, client_id = ids or (o.order_id, o.client_id)
+    return [ORDER_STATUS, order_id, o.status, o.filled, o.remaining, o.avg_fill_price, o.perm_id,
+            o.parent_id, o.last_fill_price, client_id, "", 0]
 
 
 def _contract_for_order(ins: Instrument) -> list:
@@ -201,14 +203,16 @@ def _contract_for_order(ins: Instrument) -> list:
             ins.exchange, ins.currency, ins.local_symbol, ins.trading_class]
 
 
-def open_order(o: "SimOrder", status: str | None = None, margin: dict | None = None) -> list:
-    """openOrder (5) at v157 (no version field: version = server version)."""
+def open_order(o: "SimOrder", status: str | None = None, margin: dict | None = None,
+               ids: tuple[int, int] | None = None) -> list:
+    """openOrder (5) at v157 (no version field: version = server version). ``ids`` as in order_status."""
     m = margin or {}
     ins = o.instrument
+    order_id, client_id = ids or (o.order_id, o.client_id)
     return [
-        OPEN_ORDER, o.order_id, *_contract_for_order(ins),
+        OPEN_ORDER, order_id, *_contract_for_order(ins),
         o.action, o.quantity, o.order_type, _u(o.lmt_price), _u(o.aux_price), o.tif, "", o.account, "", 0,
-        o.order_ref, o.client_id, o.perm_id, o.outside_rth, False, 0, "",
+        o.order_ref, client_id, o.perm_id, o.outside_rth, False, 0, "",
         "",                                   # sharesAllocation (deprecated)
         "", "", "", "",                       # FA group, method, percentage, profile
         "", "", "",                           # modelCode, goodTillDate, rule80A
@@ -287,12 +291,13 @@ def completed_orders_end() -> list:
     return [COMPLETED_ORDERS_END]
 
 
-def execution_data(req_id: int, e: "Execution") -> list:
-    """execDetails (11) at v157 (no version field)."""
+def execution_data(req_id: int, e: "Execution", ids: tuple[int, int] | None = None) -> list:
+    """execDetails (11) at v157 (no version field). ``ids`` as in order_status."""
     ins = e.instrument
-    return [EXECUTION_DATA, req_id, e.order_id, *_contract_short(ins), ins.exchange, ins.currency,
+    order_id, client_id = ids or (e.order_id, e.client_id)
+    return [EXECUTION_DATA, req_id, order_id, *_contract_short(ins), ins.exchange, ins.currency,
             ins.local_symbol, ins.trading_class, e.exec_id, e.time, e.account, e.exchange, e.side, e.shares,
-            e.price, e.perm_id, e.client_id, 0, e.cum_qty, e.avg_price, e.order_ref, "", 0, "", 1]
+            e.price, e.perm_id, client_id, 0, e.cum_qty, e.avg_price, e.order_ref, "", 0, "", 1]
 
 
 def execution_data_end(req_id: int) -> list:

@@ -18,6 +18,7 @@ from .contracts import Instrument, stock_instrument
 from .market import Market
 
 STARTING_CASH = 1_000_000.0
+MANUAL_CLIENT = -1               # the client id the simulator files orders typed into TWS under
 
 
 @dataclass
@@ -45,6 +46,7 @@ class SimOrder:
     completed_time: str = ""
     completed_status: str = ""
     last_fill_step: int = -1     # partial fills: one fill per quote (walk step)
+    manual: bool = False         # typed into TWS by hand: client MANUAL_CLIENT, a negative id for binding
 
     @property
     def remaining(self) -> float:
@@ -98,6 +100,19 @@ class Account:
     cash: float = STARTING_CASH
     positions: dict[int, Position] = field(default_factory=dict)
     realized: float = 0.0
+
+
+def min_tick(market: Market, ins: Instrument, price: float) -> float:
+    """The price increment an order on ``ins`` must respect (as the market model quotes: nickels for JNPR
+    options priced $3 and over, pennies otherwise)."""
+    if ins.is_option and ins.symbol == "JNPR" and price >= 3:
+        return 0.05
+    return 0.01
+
+
+def on_tick(price: float, tick: float) -> bool:
+    steps = price / tick
+    return abs(steps - round(steps)) < 1e-6
 
 
 def commission_for(ins: Instrument, qty: float, price: float) -> float:
@@ -219,6 +234,15 @@ class Broker:
         o.status = "Cancelled"
         o.completed_status = "Cancelled by Trader"
         o.completed_time = dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc).strftime("%Y%m%d %H:%M:%S UTC")
+
+    def buying_check(self, account: str, ins: Instrument, quantity: float, lmt_price: float | None
+                     ) -> tuple[float, float]:
+        """(initial margin a buy needs, equity with loan value): stocks 50 % of the notional, options all of it."""
+        _, ask, mark = self.touch(ins)
+        price = lmt_price if lmt_price else (ask if ask > 0 else mark)
+        notional = abs(quantity) * price * ins.mult
+        need = notional if ins.is_option else 0.5 * notional
+        return need, self.values(account)["EquityWithLoanValue"]
 
     def what_if(self, o: SimOrder) -> dict:
         """The margin fields of a what-if answer (strings, as TWS sends them)."""

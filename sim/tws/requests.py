@@ -102,6 +102,8 @@ class PlaceOrderRequest:
     parent_id: int
     outside_rth: bool
     what_if: bool
+    e_trade_only: bool = False
+    firm_quote_only: bool = False
 
 
 def _opt_float(s: str) -> float | None:
@@ -146,7 +148,8 @@ def parse_place_order(fields: list[str]) -> PlaceOrderRequest:
     f.skip(1)                             # ocaType
     f.skip(3)                             # rule80A, settlingFirm, allOrNone
     f.skip(2)                             # minQty, percentOffset
-    f.skip(3)                             # eTradeOnly, firmQuoteOnly, nbboPriceCap
+    e_trade_only, firm_quote_only = f.bool(), f.bool()
+    f.skip(1)                             # nbboPriceCap
     f.skip(1)                             # auctionStrategy
     f.skip(5)                             # startingPrice, stockRefPrice, delta, stockRangeLower/Upper
     f.skip(1)                             # overridePercentageConstraints
@@ -176,4 +179,4 @@ def parse_place_order(fields: list[str]) -> PlaceOrderRequest:
     f.skip(1)                             # algoId
     what_if = f.bool()
     return PlaceOrderRequest(order_id, c, action, quantity, order_type, lmt, aux, tif, account, order_ref,
-                             transmit, parent_id, outside_rth, what_if)
+                             transmit, parent_id, outside_rth, what_if, e_trade_only, firm_quote_only)

@@ -15,7 +15,7 @@ from . import messages as M
 from .config import SimConfig
 from .latency import Latency
 from .market import Market
-from .orders import Broker, SimOrder
+from .orders import MANUAL_CLIENT, Broker, SimOrder
 from .session import Session
 
 log = logging.getLogger("sim.tws")
@@ -47,6 +47,7 @@ class TwsSimulator:
         self.broker = Broker(self.market, tuple(self.accounts))
         self.read_only = self.config.read_only
         self.silent_handshake = False
+        self.withhold_order_status = False     # fault: orders work, but TWS sends nothing about them
         self.farms: dict[str, bool] = {"usfarm": True, "ushmds": True, "secdefnyc": True}
         self.port: int = self.config.port
         self.unhandled: dict[int, int] = {}
@@ -200,6 +201,8 @@ class TwsSimulator:
     # ---- orders ---------------------------------------------------------------------------------
 
     def _order_sessions(self, order: SimOrder) -> list[Session]:
+        if self.withhold_order_status:
+            return []                 # the order lives on (order lists show it); nobody is told
         out = []
         owner = self._by_client.get(order.client_id)
         if owner is not None and not owner.closed:
@@ -209,10 +212,37 @@ class TwsSimulator:
             out.append(master)
         return out
 
+    def ids_for(self, session: Session, order: SimOrder | None) -> tuple[int, int] | None:
+        """(orderId, clientId) of ``order`` as ``session`` sees them: an order typed into TWS shows 0, 0 except to
+        client 0 after reqAutoOpenOrders(true), which sees its negative id (and may modify or cancel it)."""
+        if order is None or not order.manual:
+            return None
+        if session.client_id == 0 and session.auto_bind:
+            return order.order_id, 0
+        return 0, 0
+
     def _publish_order(self, order: SimOrder) -> None:
         for s in self._order_sessions(order):
-            s.send(M.open_order(order))
-            s.send(M.order_status(order))
+            ids = self.ids_for(s, order)
+            s.send(M.open_order(order, ids=ids))
+            s.send(M.order_status(order, ids=ids))
+
+    def place_manual_order(self, symbol: str, action: str, quantity: float, order_type: str = "LMT",
+                           lmt_price: float | None = None, account: str | None = None, order_ref: str = "") -> SimOrder:
+        """An order typed into TWS by hand (not through the API): listed by reqAllOpenOrders with id 0, bound to
+        client 0 (negative id) by reqAutoOpenOrders(true)."""
+        from .contracts import stock_instrument
+        self._manual_ids = getattr(self, "_manual_ids", 0) - 1
+        ins = stock_instrument(self.market.underlyings[symbol.upper()])
+        order = self.broker.new_order(order_id=self._manual_ids, client_id=MANUAL_CLIENT,
+                                      account=account or self.accounts[0], instrument=ins, action=action.upper(),
+                                      quantity=float(quantity), order_type=order_type.upper(), lmt_price=lmt_price,
+                                      aux_price=None, order_ref=order_ref, manual=True)
+        self._record_order(order)
+        order.status = "PreSubmitted"
+        self._publish_order(order)
+        self._spawn(self._submit(order), name=f"sim-submit-{order.perm_id}")
+        return order
 
     async def _submit(self, order: SimOrder) -> None:
         await asyncio.sleep(self.latency.order_step())
@@ -239,10 +269,11 @@ class TwsSimulator:
             qty = min(order.remaining, max(self.broker.size_at_touch(order), 1.0))
         execution = self.broker.fill(order, price, qty)
         for s in self._order_sessions(order):
-            s.send(M.execution_data(-1, execution))
+            ids = self.ids_for(s, order)
+            s.send(M.execution_data(-1, execution, ids=ids))
             s.send(M.commission_report(execution))
-            s.send(M.open_order(order))
-            s.send(M.order_status(order))
+            s.send(M.open_order(order, ids=ids))
+            s.send(M.order_status(order, ids=ids))
         pos = self.broker.accounts[order.account].positions[order.instrument.con_id]
         for s in self._started_sessions():
             if s.positions_sub:
@@ -254,8 +285,9 @@ class TwsSimulator:
     def cancel(self, order: SimOrder) -> None:
         self.broker.cancel(order)
         for s in self._order_sessions(order):
-            s.send(M.order_status(order))
-            s.error(order.order_id, 202, "Order Canceled - reason:")
+            ids = self.ids_for(s, order)
+            s.send(M.order_status(order, ids=ids))
+            s.error((ids or (order.order_id,))[0], 202, "Order Canceled - reason:")
 
     async def _watch_orders(self) -> None:
         """Resting orders fill when the market reaches them."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import messages as M
 from . import requests as R
 from .contracts import resolve
-from .orders import SimOrder
+from .orders import MANUAL_CLIENT, SimOrder, min_tick, on_tick
 from .wire import Fields, WireError
 
 READ_ONLY_TEXT = "The API interface is currently in Read-Only mode."
@@ -38,6 +38,13 @@ class OrderHandlers:
                                "what_if": req.what_if})
             self._read_only_error(oid)
             return
+        # TWS 10.x no longer supports these two attributes, which ibapi 9.81 sends as True by default.
+        if req.e_trade_only:
+            self.error(oid, 10268, "The 'EtradeOnly' order attribute is not supported.")
+            return
+        if req.firm_quote_only:
+            self.error(oid, 10269, "The 'firmQuoteOnly' order attribute is not supported.")
+            return
         found = resolve(sim.market, req.contract)
         if len(found) != 1:
             self.error(oid, 200, "No security definition has been found for the request")
@@ -50,20 +57,38 @@ class OrderHandlers:
             problem = "Order quantity must be positive"
         elif req.order_type == "LMT" and req.lmt_price is None:
             problem = "Limit price is missing"
-        account = req.account or sim.accounts[0]
-        if not problem and account not in sim.broker.accounts:
-            problem = f"Invalid account code {account}"
         if problem:
             self.error(oid, 321, f"Error validating request.-'bN' : cause - {problem}")
             return
-        existing = sim.broker.orders.get((self.client_id, oid))
+        if not req.account and len(sim.accounts) > 1:
+            self.error(oid, 435, "You must specify an allocation (either a single account, group, or profile).")
+            return
+        account = req.account or sim.accounts[0]
+        if account not in sim.broker.accounts:
+            self.error(oid, 321, f"Error validating request.-'bN' : cause - Invalid account code {account}")
+            return
+        if req.lmt_price is not None and not on_tick(req.lmt_price, min_tick(sim.market, ins, req.lmt_price)):
+            self.error(oid, 110, "The price does not conform to the minimum price variation for this contract.")
+            return
+        existing = self._own_order(oid)
+        if existing is None and not req.what_if and req.action == "BUY":
+            need, have = sim.broker.buying_check(account, ins, req.quantity, req.lmt_price)
+            if need > have:
+                self.error(oid, 201, f"Order rejected - reason:YOUR ORDER IS NOT ACCEPTED. IN ORDER TO OBTAIN THE "
+                                     f"DESIRED POSITION YOUR EQUITY WITH LOAN VALUE [{have:.2f} USD] MUST EXCEED THE "
+                                     f"INITIAL MARGIN [{need:.2f} USD]")
+                return
         if existing is not None and not req.what_if:
+            if existing.status == "Filled":
+                self.error(oid, 104, "Can't modify a filled order.")
+                return
             if not existing.is_open:
                 self.error(oid, 103, "Duplicate order id")
                 return
             # a placeOrder with the id of an open order modifies it
             existing.quantity, existing.lmt_price = req.quantity, req.lmt_price
             existing.order_type, existing.aux_price = req.order_type, req.aux_price
+            existing.tif, existing.outside_rth = req.tif or existing.tif, req.outside_rth
             sim._publish_order(existing)
             sim.try_fill(existing)
             return
@@ -80,6 +105,11 @@ class OrderHandlers:
             return
         order.status = "PreSubmitted"
         sim._publish_order(order)
+        if order.tif == "OPG":
+            # An at-the-open order waits, PreSubmitted, for an opening auction the simulator never holds.
+            self.error(oid, 399, "Order Message:\nWarning: your order will not be placed at the exchange until "
+                                 "the market opens.")
+            return
         sim._spawn(sim._submit(order), name=f"sim-submit-{order.perm_id}")   # orders outlive the session
 
     def cancel_order(self, fields: list[str]) -> None:
@@ -89,7 +119,7 @@ class OrderHandlers:
         if sim.read_only:
             self._read_only_error(oid)
             return
-        order = sim.broker.orders.get((self.client_id, oid))
+        order = self._own_order(oid)
         if order is None:
             self.error(oid, 10147, f"OrderId {oid} that needs to be cancelled is not found.")
             return
@@ -111,12 +141,21 @@ class OrderHandlers:
         if not self.sim.read_only:           # read-only API hides order information: just the end marker
             for o in orders:
                 if o.is_open:
-                    self.send(M.open_order(o))
-                    self.send(M.order_status(o))
+                    ids = self.sim.ids_for(self, o)
+                    self.send(M.open_order(o, ids=ids))
+                    self.send(M.order_status(o, ids=ids))
         self.send(M.open_order_end())
 
     def req_open_orders(self, fields: list[str]) -> None:
-        self._send_open_orders([o for o in self.sim.broker.orders.values() if o.client_id == self.client_id])
+        self._send_open_orders([o for o in self.sim.broker.orders.values() if o.client_id == self.client_id
+                                or (o.manual and self.sim.ids_for(self, o) != (0, 0))])
+
+    def _own_order(self, order_id: int) -> SimOrder | None:
+        """This client's order ``order_id``; for client 0 after reqAutoOpenOrders(true) also a bound manual order."""
+        order = self.sim.broker.orders.get((self.client_id, order_id))
+        if order is None and order_id < 0 and self.client_id == 0 and self.auto_bind:
+            order = self.sim.broker.orders.get((MANUAL_CLIENT, order_id))
+        return order
 
     def req_all_open_orders(self, fields: list[str]) -> None:
         self._send_open_orders(list(self.sim.broker.orders.values()))
@@ -158,6 +197,7 @@ class OrderHandlers:
                 continue
             if since_key and e.time.replace("  ", " ") < since_key:
                 continue
-            self.send(M.execution_data(rid, e))
+            order = self.sim.broker.orders.get((e.client_id, e.order_id))
+            self.send(M.execution_data(rid, e, ids=self.sim.ids_for(self, order)))
             self.send(M.commission_report(e))
         self.send(M.execution_data_end(rid))

@@ -1,0 +1,123 @@
+"""Order files (agent/orders/files.py): reading and checking a JSON or CSV order file, pure (no TWS)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from hypothesis import given, settings, strategies as st
+
+from agent.orders.files import read_order_file
+
+TODAY = dt.date(2026, 12, 1)
+ACCOUNTS = ["DU1234567"]
+
+
+def read(text: str | bytes, name: str = "orders.csv", accounts=ACCOUNTS):
+    data = text.encode() if isinstance(text, str) else text
+    return read_order_file(data, name, today=TODAY, accounts=accounts)
+
+
+GOOD_CSV = """ticker,action,quantity,limit_price
+AAPL,BUY,100,210.50
+MSFT,SELL,10,420
+"""
+
+
+def test_good_csv_gives_one_order_per_line_with_line_refs_and_file_refs():
+    """Two CSV lines: two orders, refs L2 and L3 (file lines), orderRefs of-<hash>-L2/L3, LMT DAY by default."""
+    f = read(GOOD_CSV)
+    assert f.ok and f.problems == [] and [o.ref for o in f.orders] == ["L2", "L3"]
+    a = f.orders[0]
+    assert (a.contract.symbol, a.ticket.action, a.ticket.quantity, a.ticket.order_type, a.ticket.lmt_price,
+            a.ticket.tif, a.ticket.account) == ("AAPL", "BUY", 100.0, "LMT", 210.5, "DAY", "DU1234567")
+    assert a.order_ref == f"of-{f.sha256[:12]}-L2" and a.ticket.order_ref == a.order_ref
+    assert len(f.sha256) == 64
+
+
+def test_header_names_are_case_and_spacing_tolerant_and_unknown_columns_warn():
+    """'Limit Price', ' TICKER ' and 'Qty' are understood; an unknown column is a warning, not silence."""
+    f = read("TICKER , Action,Qty,Limit Price,Notes\nAAPL,buy,5,200,for the demo\n")
+    assert f.ok and f.orders[0].ticket.lmt_price == 200.0
+    assert f.warnings == ["unknown column 'Notes' is ignored"]
+
+
+def test_json_list_and_orders_object_and_explicit_refs():
+    """JSON as a list or {"orders": [...]}; a line's own ref is used; options need expiry, strike, right."""
+    orders = [{"ticker": "AAPL", "action": "BUY", "quantity": 1, "limit_price": 4.5, "sec_type": "OPT",
+               "expiry": "2026-12-18", "strike": 230, "right": "C", "ref": "call-1"}]
+    for doc in (orders, {"orders": orders}):
+        f = read(json.dumps(doc), "orders.json")
+        assert f.ok, f.problems
+        o = f.orders[0]
+        assert o.ref == "call-1" and o.label == "order #1"
+        assert (o.contract.sec_type, o.contract.expiry, o.contract.strike, o.contract.right) == \
+            ("OPT", "20261218", 230.0, "C")
+
+
+def test_every_bad_line_is_reported_with_every_reason_and_nothing_is_kept():
+    """Three bad lines: each reported by number with all its reasons (the relay's sentences); no orders."""
+    f = read("ticker,action,quantity,limit_price\nAAPL,BUY,0,210\nMSFT,HOLD,10,\nGOOD,BUY,1,5\nSPY,SELL,abc,-1\n")
+    assert not f.ok and f.orders == []
+    by_line = {p.split(":")[0] for p in f.problems}
+    assert by_line == {"line 2", "line 3", "line 5"}
+    assert any(p.startswith("line 2: quantity must be more than 0") for p in f.problems)
+    assert any(p.startswith("line 3: action 'HOLD' is not one of BUY, SELL") for p in f.problems)
+    assert any(p.startswith("line 3: limit_price is required for a LMT order") for p in f.problems)
+    assert sum(p.startswith("line 5:") for p in f.problems) == 2
+
+
+def test_no_market_order_unless_written_explicitly():
+    """A line without limit_price is a limit order missing its price; 'order_type: MKT' written out is accepted,
+    and a MKT line with a limit price is contradictory."""
+    assert not read("ticker,action,quantity\nAAPL,BUY,5\n").ok
+    f = read("ticker,action,quantity,order_type\nAAPL,BUY,5,MKT\n")
+    assert f.ok and f.orders[0].ticket.order_type == "MKT"
+    bad = read("ticker,action,quantity,order_type,limit_price\nAAPL,BUY,5,MKT,200\n")
+    assert bad.problems == ["line 2: limit_price is given but order_type is MKT: remove one of them"]
+
+
+def test_file_level_problems():
+    """Empty, duplicate refs, the same order twice, not UTF-8, not JSON/CSV: each named; a BOM is fine."""
+    assert read("").problems == ["the file is empty"]
+    assert read("ticker,action,quantity,limit_price\n").problems == ["the file has a header but no orders"]
+    dup = read("ticker,action,quantity,limit_price,ref\nAAPL,BUY,1,200,x\nMSFT,BUY,1,400,x\n")
+    assert "ref 'x' is used on line 2 and line 3: each line needs its own ref" in dup.problems
+    twice = read("ticker,action,quantity,limit_price\nAAPL,BUY,1,200\nAAPL,BUY,1,200.00\n")
+    assert twice.problems == ["line 2 and line 3 are the same order: remove one, or give each its own ref if you "
+                              "mean both"]
+    latin = read("ticker,action,quantity,limit_price\nNESTL\xc9,BUY,1,200\n".encode("latin-1"))
+    assert latin.problems and latin.problems[0].startswith("the file is not UTF-8 text")
+    bom = read("\ufeffticker,action,quantity,limit_price\nAAPL,BUY,1,200\n")
+    assert bom.ok and bom.orders[0].contract.symbol == "AAPL"
+    assert read("[1, 2]", "o.json").problems == ["order #1 is not an object of fields", "order #2 is not an object "
+                                                                                         "of fields"]
+    assert read("{not json", "o.json").problems[0].startswith("the file is not valid JSON")
+
+
+def test_identical_orders_with_their_own_refs_are_both_kept():
+    """The same order on two lines with distinct refs: both kept (the refs say the trader means both)."""
+    f = read("ticker,action,quantity,limit_price,ref\nAAPL,BUY,1,200,a\nAAPL,BUY,1,200,b\n")
+    assert f.ok and [o.ref for o in f.orders] == ["a", "b"]
+
+
+def test_account_checks_wait_for_tws_when_accounts_are_unknown():
+    """accounts=None (before connecting): account names are kept unchecked; then a second read checks them."""
+    text = "ticker,action,quantity,limit_price,account\nAAPL,BUY,1,200,U999\n"
+    assert read(text, accounts=None).ok
+    assert read(text).problems[0].startswith("line 2: account 'U999' is not an account this TWS login manages")
+
+
+def test_the_hash_changes_with_the_content_and_refs_with_it():
+    """Another file (one byte changed) has another hash, so its orderRefs differ."""
+    a, b = read(GOOD_CSV), read(GOOD_CSV.replace("210.50", "210.51"))
+    assert a.sha256 != b.sha256 and a.orders[1].order_ref != b.orders[1].order_ref
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_give_orders_or_problems_never_an_exception(data):
+    """Whatever the bytes, reading returns: orders, or problems naming what is wrong."""
+    f = read_order_file(data, "x.csv", today=TODAY, accounts=ACCOUNTS)
+    assert f.ok == (not f.problems) and (f.orders or f.problems)
+    assert all(len(p) < 1000 for p in f.problems)
