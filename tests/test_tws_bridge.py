@@ -732,6 +732,22 @@ async def test_client_ids_in_use_warn_on_the_first_attempt_only(caplog):
 
 # --- _within: the bridge's bounded wait on shared futures ---------------------------------------
 
+async def test_within_ends_on_the_first_error_without_waiting_for_the_others():
+    """One future fails while another never completes: the wait ends with that error at once (its own timeout is an
+    hour, so only the error can end it; waiting for every future would hang here), and the other is not cancelled."""
+    from agent.tws.bridge import _within
+    loop = asyncio.get_running_loop()
+    a, b = loop.create_future(), loop.create_future()
+    waiting = asyncio.create_task(_within(3600.0, a, b))
+    await asyncio.sleep(0)
+    b.set_exception(IBDisconnected("gone"))
+    done, _ = await asyncio.wait({waiting}, timeout=30.0)      # a guard against that hang only
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert waiting in done and isinstance(waiting.exception(), IBDisconnected)
+    assert not a.done()
+
+
 async def test_within_keeps_a_cancellation_that_lands_with_the_answer():
     """The answer and a cancellation of the waiting request in the same loop iteration: the request is cancelled
     (wait_for(shield(...)) returned the answer on Python <= 3.11, so a torn-down request carried on)."""
@@ -747,6 +763,8 @@ async def test_within_keeps_a_cancellation_that_lands_with_the_answer():
 
 
 async def test_within_times_out_raises_the_first_error_and_never_cancels_the_futures():
+    """_within raises TimeoutError when its futures are not done, the first error among them, else the first
+    future's result; it never cancels the (shared) futures."""
     from agent.tws.bridge import _within
     loop = asyncio.get_running_loop()
     a, b = loop.create_future(), loop.create_future()
@@ -755,7 +773,7 @@ async def test_within_times_out_raises_the_first_error_and_never_cancels_the_fut
     assert not a.cancelled() and not b.cancelled()
     loop.call_soon(b.set_exception, IBDisconnected("gone"))
     with pytest.raises(IBDisconnected):
-        await _within(5.0, a, b)                 # b's error ends the wait although a never completes
+        await _within(5.0, a, b)
     a.set_result(1)
     c = loop.create_future()
     c.set_result(2)
