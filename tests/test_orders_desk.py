@@ -375,3 +375,25 @@ async def test_each_order_outcome_is_one_console_line_without_the_key(caplog):
     rejected = [x for x in lines if x.startswith("Order rejected by IB:")]
     assert len(rejected) == 1 and "ref line-2" in rejected[0] and "110" in rejected[0]
     assert not any(key in x for x in lines)
+
+
+async def test_an_unconfirmed_cancel_is_ok_with_a_warning():
+    """TWS does not confirm a cancel in time: ok:true with a warning saying what to check (the cancel went out)."""
+    async with desk_stack() as s:
+        r = await place(s.desk, SPY, {"action": "BUY", "quantity": 1, "order_type": "LMT", "lmt_price": 100.0})
+        s.sim.withhold_order_status = True
+        cx = await s.desk.cancel(r.entry.order_id)
+        assert cx["ok"] is True and "did not confirm the cancel" in cx["warning"]
+        assert sim_orders(s.sim, order_ref="t-1")[0].status == "Cancelled"
+
+
+async def test_the_book_answers_without_asking_tws_unless_forced():
+    """get_open_orders answers from the live book (no message to TWS); force_refresh re-reads TWS's lists."""
+    async with desk_stack() as s:
+        await place(s.desk, SPY, {"action": "BUY", "quantity": 1, "order_type": "LMT", "lmt_price": 100.0})
+        before = s.sim.stats()["messages_received"]
+        book = await s.desk.open_orders(5.0)
+        assert book["source"] == "book" and book["live_order_count"] == 1
+        assert s.sim.stats()["messages_received"] == before
+        fresh = await s.desk.open_orders(5.0, force_refresh=True)
+        assert fresh["source"] == "tws" and s.sim.stats()["messages_received"] > before

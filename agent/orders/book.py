@@ -33,6 +33,11 @@ ORDER_WARNINGS = frozenset({
 })
 
 
+def is_order_warning(code: int) -> bool:
+    """Does this error, sent with an order id, leave the order as it was (a warning, not a refusal)?"""
+    return code in ORDER_WARNINGS or 2100 <= code < 10000
+
+
 @dataclass(eq=False)
 class BookEntry:
     client_id: int
@@ -218,7 +223,7 @@ class OrderBook:
             return None
         e.messages.append(msg)
         e.updated = self._clock()
-        if msg.code in ORDER_WARNINGS or 2100 <= msg.code < 10000:
+        if is_order_warning(msg.code):
             if msg.code not in (202, 10147, 10148, 161, 135, 136, 104, 105):
                 e.warning_text = msg.message
         elif e.status not in FINAL:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 from agent.errors import IBDisconnected, IBError, OrderRefused, RequestTimeout
 from agent.exchange_time import new_york_today
 from agent.orders.answers import open_order_row, placement_answer, state_phrase, what_if_answer
-from agent.orders.book import FINAL, ORDER_WARNINGS, BookEntry, OrderBook
+from agent.orders.book import FINAL, BookEntry, OrderBook, is_order_warning
 from agent.orders.sentences import (cancel_refusal_sentence, modify_refusal_sentence, read_only_sentence,
                                     rejection_sentence)
 from agent.orders.validation import RELAY_FIELDS, OrderCheck, check_order
@@ -90,6 +90,7 @@ class OrderDesk:
         self._stop_deadline: float | None = None
         self.stopping = False
         self._said_accounts: tuple | None = None
+        self._sync_lock = asyncio.Lock()
         bridge.order_listener = self._on_tws
 
     # ------------------------------------------------------------------ what TWS says
@@ -120,7 +121,7 @@ class OrderDesk:
 
     def _on_message(self, msg: OrderMessage) -> None:
         fut = self._previews.get(msg.order_id)
-        warning = msg.code in ORDER_WARNINGS or 2100 <= msg.code < 10000
+        warning = is_order_warning(msg.code)
         if fut is not None and not fut.done() and not warning:
             fut.set_exception(OrderRefused(rejection_sentence(msg.code, msg.message), msg.code))
             return
@@ -226,7 +227,11 @@ class OrderDesk:
                 return
 
     async def _sync(self) -> bool:
-        """Re-read TWS's open orders, today's completed orders and executions into the book."""
+        """Re-read TWS's open orders, today's completed orders and executions into the book (one at a time)."""
+        async with self._sync_lock:
+            return await self._sync_once()
+
+    async def _sync_once(self) -> bool:
         connection = getattr(self.bridge, "connection_id", None)
         if not self.bridge.connected or connection is None:
             return False

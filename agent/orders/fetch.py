@@ -51,7 +51,7 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
 
 def fetch(source: str, *, max_bytes: int = MAX_BYTES, timeout: float = TIMEOUT, cwd: Path | None = None) -> Fetched:
     """The file's bytes. FetchError (with the reason) when it cannot be read, or is over ``max_bytes``."""
-    if source.lower().startswith(("http://", "https://")):
+    if "://" in source:
         return _fetch_url(source, max_bytes, timeout, cwd or Path.cwd())
     path = Path(source).expanduser()
     if not path.exists():

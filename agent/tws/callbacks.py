@@ -117,13 +117,13 @@ class TwsCallbacks:
                 log.info("market data %s: TWS %d %s", line.contract.describe(), code, message)
             line._notify()
             return
+        if code == ticks.CANCELLED_UNKNOWN_ID or code in ticks.MARKET_DATA_ADVISORY:
+            log.debug("TWS %d for reqId %d: %s", code, req_id, message)       # a line already closed
+            return
         if req_id > 0 or (req_id < -1 and self.client_id == 0):
             # Not a request or a line of ours: an order id (ours, or a bound manual order's negative id).
             if self._order_error(req_id, code, message):
                 return
-        if code == ticks.CANCELLED_UNKNOWN_ID or code in ticks.MARKET_DATA_ADVISORY:
-            log.debug("TWS %d for reqId %d: %s", code, req_id, message)
-            return
         log.warning("TWS %d (reqId %d): %s", code, req_id, message)
 
     # market data callbacks
