@@ -24,7 +24,8 @@ async def connected(sim: TwsSimulator, client_id: int = 1) -> AsyncIterator[Prob
 
 
 async def until(cond, timeout: float = 10.0) -> None:
-    """Wait for a condition of the simulator that offers no event (its counters); ``timeout`` only guards a hang."""
+    """Wait for state that offers no event to await (the simulator's counters or book, another task's progress):
+    poll; ``timeout`` only guards against a hang."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not cond():
