@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent.console import table
 from sim.relay import ReferenceRelay
 from sim.tws import SimConfig, TwsSimulator
 
@@ -85,13 +86,6 @@ async def run(runs: int) -> list[tuple[str, ...]]:
     return rows
 
 
-def table(rows: list[tuple[str, ...]]) -> str:
-    heads = ("Ctrl+C while", "median", "slowest", f"slowest / {TARGET:g} s", "exit codes", "lines left")
-    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-    line = lambda cells: "  ".join(c.ljust(w[i]) for i, c in enumerate(cells)).rstrip()  # noqa: E731
-    return "\n".join([line(heads), line(["-" * x for x in w]), *(line(r) for r in rows)])
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.shutdown", description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -100,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.shutdown sends SIGINT: POSIX only")
         return 2
     rows = asyncio.run(run(max(1, a.runs)))
-    print(table(rows))
+    print(table(("Ctrl+C while", "median", "slowest", f"slowest / {TARGET:g} s", "exit codes", "lines left"), rows))
     print(f"\n({a.runs} runs each; Python {sys.version.split()[0]}; {os.cpu_count()} CPUs)")
     return 0
 
