@@ -14,7 +14,8 @@ web app would:
            POST /options/relay/cancel-order  its cancellation
 
 and prints each answer as a table with its timing. Everything is shut down on the way out (also on Ctrl+C).
-Exit status 0 when every flow answered, 1 (with the reason) otherwise.
+Exit status 0 when every flow answered and the agent kept IB's limits (no pacing violation, no market data line
+left open, no line refused for too many), 1 (with the reason) otherwise.
 
 HTTP calls use the standard library (urllib in a worker thread), so the demo needs nothing the agent does not,
 besides aiohttp for the reference relay itself (requirements-dev.txt).
@@ -43,7 +44,7 @@ SELL_TICKER = "AAPL"
 ORDER_TICKER = "SPY"                    # the demo's paper order: 1 share, limit 20 % under the market (it rests)
 HTTP_TIMEOUT = 60.0                     # one flow; the relay's own waits are 60–180 s, the sim answers in seconds
 READY_TIMEOUT = 30.0                    # agent authenticated at the relay and connected to the simulator
-CANCELS_WAIT = 5.0                      # after the last answer, for the agent's cancels to reach the simulator
+LINES_SETTLE = 30.0                     # after the flows, the agent's last cancels reach TWS (usually at once)
 
 
 class DemoFailed(Exception):
@@ -222,10 +223,11 @@ def demo_settings(sim_port: int, relay_url: str, log_dir: Path) -> Any:
                     sources={"IB_PROVIDER_KEY": "demo", "IB_PORT": "demo", "RELAY_URL": "demo"})
 
 
-async def _start_agent(settings: Any) -> asyncio.Task:
-    """The agent daemon as a task of this loop (cancel = stop)."""
-    from agent import daemon
-    return asyncio.create_task(daemon.run(settings), name="demo-agent")
+async def _start_agent(settings: Any) -> tuple[Any, asyncio.Task]:
+    """The agent daemon and its task in this loop (cancel = stop); the daemon tells which lines it holds."""
+    from agent.daemon import Daemon
+    daemon = Daemon(settings)
+    return daemon, asyncio.create_task(daemon.run(), name="demo-agent")
 
 
 async def _wait_ready(relay: Any, agent: asyncio.Task, timeout: float) -> None:
@@ -264,6 +266,30 @@ def _task_outcome(task: asyncio.Task) -> str:
         return "cancelled"
     exc = task.exception()
     return f"{type(exc).__name__}: {exc}" if exc else "it returned"
+
+
+async def lines_left_open(sim: Any, daemon: Any, timeout: float) -> int:
+    """Market data lines TWS holds beyond those the agent counts as its own (in use, or kept warm): lines it
+    forgot to cancel. A flow may answer before its last cancels reach TWS, so this waits (up to ``timeout``) for
+    the two counts to meet; TWS drops a client's lines with its socket, so this must be asked before the agent
+    stops."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        extra = sim.stats()["active_lines"] - daemon.pacer.lines_in_use
+        if extra <= 0 or loop.time() >= deadline:
+            return max(0, extra)
+        await asyncio.sleep(0.05)     # the simulator's counters offer no event to wait for
+
+
+def limits_broken(stats: dict, left_open: int) -> str | None:
+    """Why the agent broke IB's limits in this run (None when it kept them): pacing violations (error 100), lines
+    refused because too many were open (101), lines left open."""
+    refused = sum(1 for e in stats.get("errors_sent", []) if e.get("code") == 101)
+    problems = [f"{n} {what}" for n, what in ((len(stats["violations"]), "pacing violations (TWS error 100)"),
+                                              (refused, "market data lines refused as too many (TWS error 101)"),
+                                              (left_open, "market data lines left open")) if n]
+    return "the agent broke IB's limits: " + ", ".join(problems) if problems else None
 
 
 async def run_flows(base: str, out: Callable[[str], Any], today: dt.date) -> list[FlowResult]:
@@ -377,16 +403,6 @@ def _indent(text: str) -> str:
     return "\n".join("   " + line for line in text.splitlines())
 
 
-async def _after_cancels(sim: Any, warm: int, timeout: float = CANCELS_WAIT) -> dict:
-    """The simulator's stats once the agent's cancels are out: it answers before it cancels, so lines stay open
-    for a moment after the last answer (all but the ``warm`` legs it keeps for Monitor's next refresh)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while sim.stats()["active_lines"] > warm and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    return sim.stats()
-
-
 async def run(*, latency: str = "realistic", seed: int = 7, out: Callable[[str], Any] = print,
               ready_timeout: float = READY_TIMEOUT, log_dir: Path | None = None) -> int:
     """The whole demo; returns the exit status. ``latency="fast"`` for tests."""
@@ -409,17 +425,20 @@ async def run(*, latency: str = "realistic", seed: int = 7, out: Callable[[str],
         out(f"Demo: TWS simulator on 127.0.0.1:{sim.port} (seed {seed}, {latency} latency), "
             f"reference relay on {relay.http_url}")
         settings = demo_settings(sim.port, relay.ws_url, log_dir)
-        agent = await _start_agent(settings)
+        daemon, agent = await _start_agent(settings)
         await _wait_ready(relay, agent, ready_timeout)
         out(f"Agent connected to the simulator and the relay in {time.perf_counter() - started:.1f} s")
         results = await run_flows(relay.http_url, out, dt.date.today())
         out("\nTimings: " + ", ".join(f"{r.name} {r.seconds:.2f} s" for r in results))
-        warm = min(settings.warm_lines, next((len(r.data.get("contracts", [])) for r in results
-                                              if r.name == "fetch-prices"), 0))
-        stats = await _after_cancels(sim, warm)
+        left_open = await lines_left_open(sim, daemon, LINES_SETTLE)
+        stats = sim.stats()
+        warm = daemon.pacer.lines_warm
         out(f"Simulator: peak {stats['peak_msg_rate']} messages/s from the agent (TWS allows 50), "
             f"{len(stats['violations'])} pacing violations, peak {stats['peak_lines']} market data lines, "
-            f"{stats['active_lines'] - warm} still open ({warm} legs kept warm for Monitor's next refresh)")
+            f"{left_open} left open ({warm} legs kept warm for Monitor's next refresh)")
+        broken = limits_broken(stats, left_open)
+        if broken:
+            raise DemoFailed(broken)
         out(f"Demo finished in {time.perf_counter() - started:.1f} s: all flows answered.")
         return 0
     except DemoFailed as exc:

@@ -18,6 +18,8 @@ from agent.tws import TwsBridge
 from sim.relay import ReferenceRelay
 from sim.tws import SimConfig, TwsSimulator
 
+from sim_probe import until  # noqa: F401 - the order tests' poll for state without an event, shared
+
 KEY = "orders-provider-key-0123456789"
 FAST_TWS = dict(first=0.02, factor=1.5, cap=0.1)
 
@@ -68,16 +70,6 @@ async def desk_stack(sim: TwsSimulator | None = None, *, accounts=("DU1234567",)
         await asyncio.gather(run, return_exceptions=True)
         if own_sim:
             await sim.stop()
-
-
-async def until(cond, timeout: float = 5.0) -> None:
-    """For state that offers no event to await (the simulator's book, another task's progress): poll, bounded."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 def sim_orders(sim: TwsSimulator, **match) -> list:

@@ -23,6 +23,17 @@ async def connected(sim: TwsSimulator, client_id: int = 1) -> AsyncIterator[Prob
         p.disconnect()
 
 
+async def until(cond, timeout: float = 10.0) -> None:
+    """Wait for state that offers no event to await (the simulator's counters or book, another task's progress):
+    poll; ``timeout`` only guards against a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
 def run(fn, *args, **kw):
     return asyncio.to_thread(fn, *args, **kw)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 
 import pytest
 
@@ -71,11 +72,51 @@ async def test_demo_runs_end_to_end(tmp_path):
     text = "\n".join(lines)
     assert status == 0, text
     assert "fetch-chain" in text and "fetch-prices" in text and "sell-scan" in text
-    # the three tables: chain, legs, seller ranking
-    assert "open int" in text and "leg" in text and "yield/yr" in text
+    # the three tables: chain, legs (one priced row per leg), seller ranking
+    assert "open int" in text and "yield/yr" in text
+    n_legs = int(re.search(r"fetch-prices for (\d+) spread legs", text)[1])
+    leg_rows = re.findall(r"^ +JNPR \d{8} [\d.]+C +\d+\.\d\d +\d+\.\d\d ", text, re.MULTILINE)
+    assert n_legs >= 2 and len(leg_rows) == n_legs, text
     assert "all flows answered" in text
-    assert "0 pacing violations" in text and "0 still open" in text     # the agent kept IB's limits
+    # the agent kept IB's limits: the numbers themselves ("10 pacing violations" contains "0 pacing violations")
+    limits = re.search(r"(\d+) pacing violations, peak (\d+) market data lines, (\d+) left open", text)
+    assert limits and int(limits[1]) == 0 and int(limits[2]) > 0 and int(limits[3]) == 0, text
     assert demo.DEMO_KEY not in text
+
+
+def test_limits_broken_names_each_breach_with_its_count():
+    """Pacing violations, lines refused as too many (101) and lines left open each fail the demo, with their
+    counts; a clean run (other TWS errors aside) passes."""
+    clean = {"violations": [], "errors_sent": [{"code": 200}, {"code": 2104}]}
+    assert demo.limits_broken(clean, 0) is None
+    ten = {"violations": [{"client_id": 17, "code": 100}] * 10, "errors_sent": []}
+    assert re.search(r"\b10 pacing violations", demo.limits_broken(ten, 0))
+    refused = {"violations": [], "errors_sent": [{"code": 101}] * 2 + [{"code": 200}]}
+    assert re.search(r"\b2 market data lines refused", demo.limits_broken(refused, 0))
+    assert re.search(r"\b3 market data lines left open", demo.limits_broken(clean, 3))
+
+
+async def test_demo_with_a_line_the_agent_never_cancelled_exits_non_zero(tmp_path, monkeypatch):
+    """An agent that leaves a market data line open at TWS (its first cancelMktData never sent) fails the demo:
+    exit 1, naming the line left open, though every flow answered."""
+    from agent.tws import TwsBridge
+    real_send = TwsBridge._send
+    skipped = []
+
+    def forget_first_cancel(self, session, what, fn, *args):
+        if what == "cancelMktData" and not skipped:
+            skipped.append(args)
+            return
+        real_send(self, session, what, fn, *args)
+    monkeypatch.setattr(TwsBridge, "_send", forget_first_cancel)
+    monkeypatch.setattr(demo, "LINES_SETTLE", 0.5)      # the leak lasts: no need to wait long for it
+    lines: list[str] = []
+    status = await demo.run(latency="fast", out=lines.append, log_dir=tmp_path)
+    text = "\n".join(lines)
+    assert skipped and status == 1, text
+    assert "DEMO FAILED: the agent broke IB's limits" in text
+    assert int(re.search(r"(\d+) market data lines left open", text)[1]) >= 1
+    assert "all flows answered" not in text
 
 
 async def test_demo_reports_a_failing_flow_and_exits_non_zero(tmp_path, monkeypatch):
@@ -111,6 +152,7 @@ class _SilentRelay:
 
 
 async def test_wait_ready_says_whether_the_agent_stopped_or_never_logged_in():
+    """The readiness wait names an agent that stopped (with its error) apart from one that never logged in."""
     async def crashing_agent():
         raise RuntimeError("boom")
 

@@ -56,15 +56,20 @@ def req(rtype, payload=None, rid="r1"):
     return {"type": "request", "request_id": rid, "request_type": rtype, "payload": payload or {}}
 
 
-async def test_ib_status_fields_and_hyphenated_name():
-    """ib-status (hyphenated) answers with every field the relay expects."""
-    r = await make().handle(json.dumps(req("ib-status")))
+@pytest.mark.parametrize("connected", [True, False], ids=["connected", "disconnected"])
+async def test_ib_status_says_what_the_bridge_says(connected):
+    """ib-status (hyphenated) answers every field the relay expects with the bridge's own values, connected or not."""
+    d = make(connected)
+    b = d.ctx.bridge
+    r = await d.handle(json.dumps(req("ib-status")))
     assert r["success"] is True and r["request_id"] == "r1"
-    for k in ("connected", "reconnecting", "message", "farm_status", "data_available", "read_only_session",
-              "last_connected"):
-        assert k in r["data"]
-    assert r["data"]["farm_status"] == {"usfarm": True}
-    assert (r["data"]["lines_in_use"], r["data"]["lines_warm"], r["data"]["lines_free"]) == (8, 8, 82)
+    data = r["data"]
+    assert data["connected"] is connected and data["reconnecting"] is (not connected)
+    assert data["data_available"] is connected and data["message"] == b.status_message
+    assert data["farm_status"] == {"usfarm": True} and data["read_only_session"] is False
+    assert data["last_connected"] == 1700000000.0 and data["accounts"] == ["DU1234567"] and data["paper"] is True
+    assert (data["host"], data["port"]) == ("127.0.0.1", 7497)
+    assert (data["lines_in_use"], data["lines_warm"], data["lines_free"]) == (8, 8, 82)
 
 
 async def test_get_positions_shape():
@@ -246,7 +251,8 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
                               "", 5, None]),
        payload=_json, rid=st.one_of(st.text(max_size=8), st.none(), st.integers()))
 def test_garbage_frames_never_raise(rtype, payload, rid):
-    """Any frame shape gets either no answer (no request_id) or one well-formed response; never an exception."""
+    """Any frame shape gets one well-formed response when it has a request_id (a non-blank string), and no answer
+    (nobody to answer) only when it has none; never an exception."""
     d = make()
 
     async def h(ctx, p):
@@ -254,7 +260,10 @@ def test_garbage_frames_never_raise(rtype, payload, rid):
     d.add("fetch_prices", FetchPricesPayload, h, 55)
     frame = {"type": "request", "request_id": rid, "request_type": rtype, "payload": payload}
     r = asyncio.run(d.handle(json.dumps(frame)))
-    if r is not None:
-        assert r["type"] == "response" and r["request_id"] == rid and isinstance(r["success"], bool)
-        assert (r["error"] is None) == r["success"]
-        json.dumps(r, allow_nan=False)
+    if not (isinstance(rid, str) and rid.strip()):
+        assert r is None
+        return
+    assert r is not None, frame
+    assert r["type"] == "response" and r["request_id"] == rid and isinstance(r["success"], bool)
+    assert (r["error"] is None) == r["success"]
+    json.dumps(r, allow_nan=False)

@@ -23,6 +23,10 @@ from sim.tws import SimConfig, TwsSimulator
 
 KEY = "flows-key-0123456789abcdef"
 FROZEN = 1e9        # seconds per market step: the simulated market stands still, so rows can be compared exactly
+# A scanner window (or wait) long enough that only a hang reaches it: lines that get data end early, however busy
+# the machine; tests whose lines must hear nothing keep a short window, as the silence lasts as long as the test
+# wants (a farm down, an outage), not as long as a clock says.
+HANG_GUARD = 30.0
 
 
 @contextlib.asynccontextmanager
@@ -323,16 +327,29 @@ async def test_sell_scan_with_no_expiry_in_the_window_says_how_to_widen_it():
 async def test_quotes_lost_to_the_nightly_reset_are_asked_again_after_1101():
     """Legs asked during IB's nightly reset (1100) hear nothing; after 1101 they are asked once more and priced."""
     async with stack() as (sim, bridge, pacer, scanner):
-        scanner.window = 0.3
+        scanner.window = 0.3        # a leg listens this long during the outage (it would hear nothing however long)
         exp = sim.market.expirations("AAPL")[1]
         legs = [dict(ticker="AAPL", strike=k, expiry=exp, right="C") for k in (225.0, 230.0)]
-        reset = asyncio.ensure_future(sim.nightly_reset(data_lost=True, outage=1.0))
+        # The outage lasts until the scanner, its legs silent, waits for data to come back: then it ends (cancelling
+        # nightly_reset sends its 1101 at once), and the legs asked again listen until they have their data.
+        reset = asyncio.ensure_future(sim.nightly_reset(data_lost=True, outage=HANG_GUARD))
+        real_data_back = scanner._data_back
+        waited = []
+
+        async def outage_ends_while_the_scanner_waits(timeout: float) -> bool:
+            waited.append(bridge.data_available)
+            scanner.window = HANG_GUARD
+            reset.cancel()
+            return await real_data_back(HANG_GUARD)
+        scanner._data_back = outage_ends_while_the_scanner_waits
         try:
             await sim_caught_up(bridge)          # the 1100 has arrived before this answer
             assert bridge.data_available is False
             data = await scanner.fetch_prices(FetchPricesPayload(contracts=legs))
         finally:
-            await reset
+            reset.cancel()
+            await asyncio.gather(reset, return_exceptions=True)
+        assert waited == [False]                 # the scanner waited once, while TWS still had no data
         assert "errors" not in data and scanner.stats["retried_contracts"] == 2
         for row in data["contracts"]:
             assert_row_matches_sim(sim, row, chain=False)
@@ -341,7 +358,7 @@ async def test_quotes_lost_to_the_nightly_reset_are_asked_again_after_1101():
 async def test_chain_with_silent_contracts_marks_them_and_is_not_cached():
     """A farm lost mid-chain: rows TWS said nothing about carry the reason, and the answer is not cached."""
     async with stack() as (sim, bridge, pacer, scanner):
-        scanner.window = 0.3
+        scanner.window = 0.3        # a line asked while the farm is down hears nothing, however long it listens
         close = sim.market.today + dt.timedelta(days=30)
         p = FetchChainPayload(ticker="AAPL", dealPrice=230.0, expectedCloseDate=close)
         real_end = bridge.end_market_data
@@ -365,6 +382,7 @@ async def test_chain_with_silent_contracts_marks_them_and_is_not_cached():
         await sim.set_farm("usfarm", up=True)
         await sim_caught_up(bridge)
         sent = sim.stats()["messages_received"]
+        scanner.window = HANG_GUARD             # the farm is back: every line listens until it has its data
         again = await scanner.fetch_chain(p)
         assert sim.stats()["messages_received"] > sent and scanner.stats["chain_cache_hits"] == 0
         assert all("error" not in r for r in again["contracts"])

@@ -44,14 +44,22 @@ def test_minus_one_never_passes():
         assert row[k] == 0.0, k
 
 
-@given(st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
-       st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
-       st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)))
-def test_prices_are_never_negative_or_non_finite(bid, ask, last):
-    """Whatever IB sends, row prices are finite and >= 0 and below IB's 1e300 sentinel."""
-    row = chain_row(CALL, Quote(bid=bid, ask=ask, last=last))
-    for k in ("bid", "ask", "mid", "last"):
-        assert isinstance(row[k], float) and 0 <= row[k] < 1e300
+# What IB sends: its exact sentinels (-1 no bid/ask/size, -2 not computed, DBL_MAX no value) as often as any float
+IB_NUMBER = st.one_of(st.none(), st.sampled_from([-1.0, -2.0, 0.0, -0.0, 1.7976931348623157e308, 1e300]),
+                      st.floats(allow_nan=True, allow_infinity=True))
+
+
+@given(IB_NUMBER, IB_NUMBER, IB_NUMBER, IB_NUMBER, IB_NUMBER, IB_NUMBER)
+def test_prices_and_sizes_are_never_negative_or_non_finite(bid, ask, last, bid_size, ask_size, volume):
+    """Whatever IB sends (its -1 / DBL_MAX sentinels included), row prices and sizes are finite, >= 0 and below
+    the 1e300 sentinel, in chain and price rows."""
+    q = Quote(bid=bid, ask=ask, last=last, bid_size=bid_size, ask_size=ask_size, volume=volume)
+    row = chain_row(CALL, q)
+    for k in ("bid", "ask", "mid", "last", "bid_size", "ask_size", "volume"):
+        assert isinstance(row[k], float) and 0 <= row[k] < 1e300, k
+    prow = price_row(CALL, q)
+    for k in ("bid", "ask", "mid", "last") if prow is not None else ():
+        assert isinstance(prow[k], float) and 0 <= prow[k] < 1e300, k
 
 
 def test_put_open_interest_is_reported():

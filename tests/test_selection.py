@@ -43,15 +43,25 @@ def test_chain_strikes_zero_price_selects_nothing():
     assert chain_strikes([90, 100], 0.0) == []
 
 
-@given(st.floats(min_value=1, max_value=5000), st.lists(st.integers(1, 4000), max_size=60))
-def test_chain_strikes_property(price, ks):
-    """Every chosen strike is listed, on the grid and inside the window."""
-    listed = [k * 2.5 for k in ks]
-    step = strike_step(price)
-    for k in chain_strikes(listed, price):
-        assert k in listed
-        assert 0.75 * price - 1e-6 <= k <= 1.10 * price + 1e-6
-        assert abs(k / step - round(k / step)) < 1e-9
+@st.composite
+def price_and_listing(draw):
+    """A price and a listing of half-dollar strikes (k x 0.5) from half to 1.3 x the price, some left out, some
+    twice: the window is almost never empty and holds strikes on and off each grid."""
+    price = draw(st.floats(min_value=1, max_value=2000))
+    low, high = max(1, int(price)), int(2.6 * price) + 1          # 0.5 x price .. 1.3 x price, in half dollars
+    left_out = draw(st.sets(st.integers(low, high), max_size=(high - low) // 2))
+    twice = draw(st.lists(st.integers(low, high), max_size=5))
+    return price, [k for k in range(low, high + 1) if k not in left_out] + twice
+
+
+@given(price_and_listing())
+def test_chain_strikes_are_exactly_the_listed_grid_strikes_in_the_window(case):
+    """The chosen strikes are exactly the listed ones inside 0.75-1.10 x price on its grid (5.0 above 50, else
+    2.5), sorted, each once: none missing, none extra."""
+    price, ks = case
+    grid = 10 if price > 50 else 5                                  # the grid in half dollars
+    expected = sorted({k * 0.5 for k in ks if k % grid == 0 and 0.75 * price - 1e-6 <= k * 0.5 <= 1.10 * price + 1e-6})
+    assert chain_strikes([k * 0.5 for k in ks], price) == expected
 
 
 def test_chain_expirations_when_close_date_is_an_expiry():

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, strategies as st
 
 from agent.errors import ConfigError
 from agent.settings import load_settings
@@ -61,6 +62,26 @@ def test_candidate_ports_by_mode():
     assert load_settings({"IB_PROVIDER_KEY": KEY, "IB_PORT": "7496"}).candidate_ports() == [7496]
     assert load_settings({"IB_PROVIDER_KEY": KEY}).candidate_ports() == [7497, 4002, 7496]
     assert load_settings({"IB_PROVIDER_KEY": KEY, "IB_MODE": "LIVE"}).candidate_ports() == [7496, 4001, 7497]
+
+
+@pytest.mark.parametrize("value", ["paper", "live", " Paper ", "LIVE", "\tlive\n"])
+def test_ib_mode_paper_or_live_in_any_case_and_spacing(value):
+    """IB_MODE=paper or live is read whatever its case and surrounding spaces."""
+    assert load_settings({"IB_PROVIDER_KEY": KEY, "IB_MODE": value}).ib_mode == value.strip().lower()
+
+
+@given(st.text(max_size=12).filter(lambda v: v.strip() and v.strip().lower() not in ("paper", "live")))
+@example("foo")
+@example("demo")
+@example("papers")
+@example("liv")
+@example("paper live")
+@example("p aper")
+def test_ib_mode_is_only_paper_or_live(value):
+    """Any other IB_MODE stops loading with a ConfigError naming IB_MODE and the value (the allow-list is exact)."""
+    with pytest.raises(ConfigError) as ei:
+        load_settings({"IB_PROVIDER_KEY": KEY, "IB_MODE": value})
+    assert ei.value.setting == "IB_MODE" and ei.value.value == value
 
 
 @pytest.mark.parametrize("name,value", [
@@ -152,10 +173,12 @@ def test_ws_to_loopback_is_allowed():
 
 
 def test_settings_frozen():
-    """Settings cannot be changed after load."""
-    s = load_settings({"IB_PROVIDER_KEY": KEY})
-    with pytest.raises(Exception):
+    """Settings cannot be changed after load: assigning a field is refused as a frozen instance, the value stays."""
+    from pydantic import ValidationError
+    s = load_settings({"IB_PROVIDER_KEY": KEY, "IB_PORT": "7497"})
+    with pytest.raises(ValidationError) as ei:
         s.ib_port = 1  # type: ignore[misc]
+    assert ei.value.errors()[0]["type"] == "frozen_instance" and s.ib_port == 7497
 
 
 def test_key_never_in_str_repr_or_log(caplog):

@@ -16,7 +16,7 @@ from sim.tws import SimConfig, TwsSimulator
 from sim.tws.probe import Probe, ProbeTimeout, stock
 from sim.tws.wire import FrameBuffer, encode, frame, split_fields
 
-from sim_probe import connect, connected, is_tick, run
+from sim_probe import connect, connected, is_tick, run, until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,18 +107,35 @@ async def test_data_farm_down_and_up(sim):
         await run(p.wait, "tickSize", lambda e: e[0] == 1 and p.history.index(e) > idx_up)
 
 
-async def test_stall_delays_answers_while_streams_go_on(sim):
-    """During a stall a request is answered only later; quotes keep streaming meanwhile."""
+async def test_stall_holds_answers_until_it_ends_while_streams_go_on(sim):
+    """A request made during a stall is not answered while quotes keep streaming; it is answered once the stall
+    ends, after those quotes."""
     async with connected(sim) as p:
         p.client.reqMktData(1, stock("SPY"), "", False, False, [])
         await run(p.wait, "tickPrice", is_tick(1, 1))
-        sim.stall(0.5)
-        p.drain()
+        sim.stall(3600)                 # ended below by the test, not by a clock
+        received = sim.stats()["messages_received"]
         p.client.reqCurrentTime()
-        answer = await run(p.wait, "currentTime", None, 5.0)
-        before = p.history[:p.history.index(answer)]
-        last_tick_before = [e for e in before if e.name in ("tickPrice", "tickSize")]
-        assert len(last_tick_before) >= 3           # ticks kept coming while the request waited
+        await until(lambda: sim.stats()["messages_received"] > received)     # the simulator has the request
+        p.drain()
+        for _ in range(3):              # quotes stream on meanwhile: three more price ticks of the stock
+            await run(p.wait, "tickPrice", lambda e: e[0] == 1)
+        assert p.count("currentTime") == 0 and sim.stalled
+        last_tick = len(p.history) - 1
+        sim.stall(0)
+        answer = await run(p.wait, "currentTime")
+        assert p.history.index(answer) > last_tick and not sim.stalled
+
+
+async def test_a_timed_stall_ends_by_itself_and_answers_in_order(sim):
+    """stall(seconds) ends without help; the requests it held are answered in the order they were made."""
+    async with connected(sim) as p:
+        sim.stall(0.2)
+        p.client.reqCurrentTime()
+        p.client.reqContractDetails(5, stock("AAPL"))
+        end = await run(p.wait, "contractDetailsEnd", lambda e: e[0] == 5)
+        first = p.wait("currentTime", timeout=0)
+        assert p.history.index(first) < p.history.index(end) and not sim.stalled
 
 
 async def test_short_malformed_message_is_dropped_and_session_survives(sim):
@@ -269,6 +286,17 @@ async def test_cli_prints_port_first_serves_and_stops_on_sigterm():
     assert farm_reply == "farm usfarm down" and json.loads(stats_reply)["clients"] == [1]
     assert bogus_reply.startswith("error: unknown command")
     assert rc == 0 and "stopped" in rest
+
+
+async def test_cli_stall_command_starts_and_ends_a_stall(sim):
+    """'stall 30' stalls requests; 'stall 0' ends the stall at once; each says so."""
+    from sim.tws.console import apply
+    said: list[str] = []
+    await apply(sim, "stall 30", said.append)
+    assert sim.stalled
+    await apply(sim, "stall 0", said.append)
+    assert not sim.stalled
+    assert said == ["stalling requests for 30 s", "stall ended: queued requests are answered"]
 
 
 def test_config_refuses_non_loopback_host():

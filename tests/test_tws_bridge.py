@@ -372,8 +372,9 @@ async def test_hung_tws_is_detected_by_the_health_check():
         b_task = asyncio.create_task(b.run())
         try:
             await b.wait_connected(5.0)
-            sim.stall(0.6)
+            sim.stall(3600)     # ended below, once the supervisor has given up on this connection
             await ev.next("tws_lost")
+            sim.stall(0)
             await ev.next("tws_reconnected")
             assert b.connected
         finally:
@@ -403,11 +404,23 @@ async def test_unknown_contract_raises_ib_error_200():
         assert b.stats()["pending_requests"] == 0
 
 
-async def test_positions_and_current_time():
-    """positions() ends at positionEnd (an empty list is a real answer); current_time is epoch seconds."""
+async def test_positions_are_the_accounts_rows_and_current_time():
+    """positions() answers the simulator's seeded rows (AAPL 100 @ 210, JNPR 300 @ 38.90), with their conIds;
+    current_time is epoch seconds."""
     async with simulator() as sim, bridge_for(sim.port) as b:
-        assert isinstance(await b.positions(), list)
+        rows = sorted((p.account, p.contract.symbol, p.contract.sec_type, p.contract.con_id, p.position, p.avg_cost)
+                      for p in await b.positions())
+        ids = {s: sim.market.underlyings[s].con_id for s in ("AAPL", "JNPR")}
+        assert rows == [("DU1234567", "AAPL", "STK", ids["AAPL"], 100.0, 210.0),
+                        ("DU1234567", "JNPR", "STK", ids["JNPR"], 300.0, 38.9)]
         assert await b.current_time() > 1_600_000_000
+
+
+async def test_positions_of_an_account_without_any_is_an_empty_list():
+    """An account that holds nothing: positions() ends at positionEnd with [] (an empty list is a real answer)."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        sim.broker.accounts["DU1234567"].positions.clear()
+        assert await b.positions() == []
 
 
 async def test_not_connected_raises_ib_disconnected():
@@ -721,6 +734,22 @@ async def test_client_ids_in_use_warn_on_the_first_attempt_only(caplog):
 
 # --- _within: the bridge's bounded wait on shared futures ---------------------------------------
 
+async def test_within_ends_on_the_first_error_without_waiting_for_the_others():
+    """One future fails while another never completes: the wait ends with that error at once (its own timeout is an
+    hour, so only the error can end it; waiting for every future would hang here), and the other is not cancelled."""
+    from agent.tws.bridge import _within
+    loop = asyncio.get_running_loop()
+    a, b = loop.create_future(), loop.create_future()
+    waiting = asyncio.create_task(_within(3600.0, a, b))
+    await asyncio.sleep(0)
+    b.set_exception(IBDisconnected("gone"))
+    done, _ = await asyncio.wait({waiting}, timeout=30.0)      # a guard against that hang only
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert waiting in done and isinstance(waiting.exception(), IBDisconnected)
+    assert not a.done()
+
+
 async def test_within_keeps_a_cancellation_that_lands_with_the_answer():
     """The answer and a cancellation of the waiting request in the same loop iteration: the request is cancelled
     (wait_for(shield(...)) returned the answer on Python <= 3.11, so a torn-down request carried on)."""
@@ -736,6 +765,8 @@ async def test_within_keeps_a_cancellation_that_lands_with_the_answer():
 
 
 async def test_within_times_out_raises_the_first_error_and_never_cancels_the_futures():
+    """_within raises TimeoutError when its futures are not done, the first error among them, else the first
+    future's result; it never cancels the (shared) futures."""
     from agent.tws.bridge import _within
     loop = asyncio.get_running_loop()
     a, b = loop.create_future(), loop.create_future()
@@ -744,7 +775,7 @@ async def test_within_times_out_raises_the_first_error_and_never_cancels_the_fut
     assert not a.cancelled() and not b.cancelled()
     loop.call_soon(b.set_exception, IBDisconnected("gone"))
     with pytest.raises(IBDisconnected):
-        await _within(5.0, a, b)                 # b's error ends the wait although a never completes
+        await _within(5.0, a, b)
     a.set_result(1)
     c = loop.create_future()
     c.set_result(2)

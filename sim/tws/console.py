@@ -4,7 +4,7 @@
     refuse SECONDS            port closed for a while, clients dropped (daily restart)
     reset [lost|kept] [SECS]  nightly reset: 1100, outage, then 1101 (lines lost) or 1102 (kept)
     farm NAME up|down         a data farm goes down (2103/2105/2157) or comes back (2104/2106/2158)
-    stall SECONDS             requests are not answered for a while (streams go on)
+    stall SECONDS             requests are not answered for a while (streams go on); stall 0 ends it
     malformed [short|truncated|garbage]
     silent on|off             accept TCP but never answer the handshake
     readonly on|off           the Read-Only API setting
@@ -66,8 +66,9 @@ async def apply(sim: TwsSimulator, line: str, out: Callable[[str], None]) -> Non
         await sim.set_farm(words[1], up=args[1] == "up")
         out(f"farm {words[1]} {args[1]}")
     elif cmd == "stall" and len(args) == 1:
-        sim.stall(_seconds(args[0]))
-        out(f"stalling requests for {args[0]} s")
+        seconds = _seconds(args[0])
+        sim.stall(seconds)
+        out(f"stalling requests for {args[0]} s" if seconds else "stall ended: queued requests are answered")
     elif cmd == "malformed" and len(args) <= 1:
         kind = args[0] if args else "short"
         if kind not in ("short", "truncated", "garbage"):

@@ -59,7 +59,9 @@ class TwsSimulator:
         self._feeds_ok = asyncio.Event()
         self._feeds_ok.set()
         self._resetting = False
-        self._stall_until = 0.0
+        self._unstalled = asyncio.Event()      # cleared while requests are stalled (stall())
+        self._unstalled.set()
+        self._stall_end: asyncio.TimerHandle | None = None
         self._next_ids: dict[int, int] = {}
         self._tasks: set[asyncio.Task] = set()
         self._reopen_handle: asyncio.TimerHandle | None = None
@@ -96,6 +98,7 @@ class TwsSimulator:
         if self._reopen_handle is not None:
             self._reopen_handle.cancel()
             self._reopen_handle = None
+        self.stall(0)
         if self._watcher is not None:
             self._watcher.cancel()
         if self._server is not None:
@@ -188,9 +191,8 @@ class TwsSimulator:
         await self._feeds_ok.wait()
 
     async def _wait_unstalled(self) -> None:
-        loop = asyncio.get_running_loop()
-        while loop.time() < self._stall_until:
-            await asyncio.sleep(self._stall_until - loop.time())
+        # an event, not a clock: ending a stall early (stall(0)) releases the waiting requests at once, in order
+        await self._unstalled.wait()
 
     def broadcast(self, fields: list) -> None:
         for s in self._started_sessions():
@@ -366,8 +368,20 @@ class TwsSimulator:
         self.broadcast(M.error(-1, *self.farm_message(name, up)))
 
     def stall(self, seconds: float) -> None:
-        """Stop answering requests for ``seconds`` (they are queued, then answered); streams go on."""
-        self._stall_until = asyncio.get_running_loop().time() + seconds
+        """Stop answering requests for ``seconds`` from now (they are queued, then answered in order); streams go
+        on. A later call replaces the end; ``stall(0)`` ends a stall at once."""
+        if self._stall_end is not None:
+            self._stall_end.cancel()
+            self._stall_end = None
+        if seconds <= 0:
+            self._unstalled.set()
+            return
+        self._unstalled.clear()
+        self._stall_end = asyncio.get_running_loop().call_later(seconds, self.stall, 0)
+
+    @property
+    def stalled(self) -> bool:
+        return not self._unstalled.is_set()
 
     async def send_malformed(self, client_id: int | None = None, kind: str = "short") -> None:
         """Send one malformed message to one client (or all).
