@@ -53,6 +53,17 @@ def test_status_changes_are_reported_once():
     assert book.on_status(status(st_="Filled", filled=100, remaining=0, avg=210.4))["status"] == "Filled"
 
 
+def test_an_open_order_saying_filled_before_its_status_leaves_nothing_remaining():
+    """Execution, then openOrder (Filled), before the orderStatus: the entry reads Filled, 100 filled, 0 remaining
+    (seen on a starved machine: the answer said 'Filled' with 100 remaining)."""
+    book = OrderBook()
+    book.expect(17, 7, AAPL, TICKET)
+    book.on_execution(ExecutionInfo("e9", 7, 17, 900, AAPL, "BOT", 100, 210.4, 100, 210.4, "r1", "DU1"))
+    book.on_open_order(info(status="Filled"))
+    e = book.find(17, 7)
+    assert (e.status, e.filled, e.remaining, e.avg_fill_price) == ("Filled", 100.0, 0.0, 210.4)
+
+
 def test_open_order_then_status_is_one_change():
     """openOrder (Filled, no fill price) then orderStatus (Filled at 210.4): one event, from the orderStatus."""
     book = OrderBook()

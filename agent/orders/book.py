@@ -178,7 +178,6 @@ class OrderBook:
         if info.ticket.what_if:
             return None                 # a margin preview: never an order
         e = self._locate(info.client_id, info.order_id, info.perm_id)
-        resized = e.ticket is not None and e.ticket.quantity != info.ticket.quantity
         e.contract, e.ticket = info.contract, info.ticket
         if info.warning_text:
             e.warning_text = info.warning_text
@@ -188,8 +187,9 @@ class OrderBook:
             e.filled = info.filled
         if info.status:
             e.status = info.status
-        if e.remaining is None or info.completed or resized:
-            e.remaining = max(info.ticket.quantity - e.filled, 0.0)
+        # What is left follows from the terms and the fills so far (an openOrder saying Filled may arrive before
+        # the orderStatus that carries the figures: the answer must not read "Filled, 10 remaining").
+        e.remaining = max(info.ticket.quantity - e.filled, 0.0)
         return e
 
     def on_status(self, st: OrderStatusInfo) -> dict | None:
