@@ -165,7 +165,9 @@ class Daemon:
             # both still connected, then cancels the parts.
             await asyncio.shield(group)
         except asyncio.CancelledError:
-            await self._settle_orders()
+            if self.orders.in_flight:
+                await self._settle_orders()     # only then: otherwise the parts stop at once
+            self.bridge.quiesce()               # nothing more goes to TWS (it frees our lines with the socket)
             group.cancel()
             await asyncio.gather(group, return_exceptions=True)
             raise

@@ -158,6 +158,9 @@ class DownBridge:
     async def run(self):
         await asyncio.Event().wait()
 
+    def quiesce(self):
+        pass
+
     async def close(self):
         self.closed = True
 

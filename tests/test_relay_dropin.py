@@ -145,9 +145,10 @@ async def test_ctrl_c_words_and_lines_agree(tmp_path):
         fetch = asyncio.create_task(relay.request("fetch_chain", {
             "ticker": "AAPL", "dealPrice": q["price"], "expectedCloseDate": next_weekday_in(20)}, timeout=30))
         await until(lambda: sim.stats()["active_lines"] > 0)
-        sent = sim.stats()["messages_received"]
         await stop(task)
         with contextlib.suppress(Exception):
             await fetch
         await until(lambda: sim.stats()["active_lines"] == 0)
-        assert sim.stats()["messages_received"] == sent         # nothing sent after the stop: no cancels
+        # Nothing was handed to the socket once the stop began: no cancels on the way out. (Counted at the agent:
+        # the simulator's count races the messages still in transit when the stop begins.)
+        assert d.bridge.sent_at_quiesce is not None and d.bridge.messages_written == d.bridge.sent_at_quiesce

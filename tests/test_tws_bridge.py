@@ -780,3 +780,21 @@ async def test_within_times_out_raises_the_first_error_and_never_cancels_the_fut
     c = loop.create_future()
     c.set_result(2)
     assert await _within(5.0, a, c) == 1
+
+
+async def test_quiesce_sends_nothing_more():
+    """After quiesce() (the agent stopping) no message reaches TWS: requests fail at once, a line's end frees it
+    without a cancel, and the socket count stays where it was."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        pacer = b.pacer
+        await pacer.acquire_lines(1)
+        line = await b.open_market_data(AAPL)
+        await sync(b)
+        written, received = b.messages_written, sim.stats()["messages_received"]
+        b.quiesce()
+        with pytest.raises(IBDisconnected, match="stopping"):
+            await b.contract_details(AAPL)
+        await b.close_market_data(line)
+        assert line.closed and pacer.lines_in_use == 0
+        assert b.messages_written == written == b.sent_at_quiesce
+        assert sim.stats()["messages_received"] == received

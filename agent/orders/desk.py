@@ -401,6 +401,11 @@ class OrderDesk(BookKeeper):
         return answer
 
     # ------------------------------------------------------------------ stopping
+    @property
+    def in_flight(self) -> int:
+        """Order requests (place, change, cancel) still running."""
+        return sum(1 for t in self._ops if not t.done())
+
     async def stop(self, timeout: float = STOP_WAIT) -> None:
         """Refuse new order requests; give those in flight up to ``timeout`` s to hear from TWS and answer."""
         self.stopping = True

@@ -107,6 +107,9 @@ class TwsBridge(Supervisor, MarketData, Trading, TwsCallbacks):
         self._stopped = False
         self._skip_backoff = False
         self._run_task: asyncio.Task | None = None
+        self.messages_written = 0          # messages handed to the socket (every one went through the pacer)
+        self._quiesced = False
+        self.sent_at_quiesce: int | None = None
         self.errors_seen: dict[int, int] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -152,9 +155,20 @@ class TwsBridge(Supervisor, MarketData, Trading, TwsCallbacks):
             raise IBDisconnected(f"Not connected to TWS: {self.status_message}")
         return s
 
+    def quiesce(self) -> None:
+        """Send nothing more: the agent is stopping, and TWS drops a closed client's lines with its socket (cancels
+        one by one, at IB's pace, would take seconds). Every later send fails with IBDisconnected."""
+        if not self._quiesced:
+            self._quiesced = True
+            self.sent_at_quiesce = self.messages_written
+
     async def _token(self, session: Session, ticket: Ticket | None = None) -> None:
         """The pacer's token for one message on ``session``; IBDisconnected at once if the session is lost
         while waiting (a long pacer queue must not delay the failure)."""
+        if self._quiesced:
+            if ticket is not None:
+                self.pacer.drop_ticket(ticket)
+            raise IBDisconnected("The agent is stopping: nothing more is sent to TWS")
         if session.lost:
             if ticket is not None:
                 self.pacer.drop_ticket(ticket)
@@ -174,6 +188,8 @@ class TwsBridge(Supervisor, MarketData, Trading, TwsCallbacks):
 
     def _send(self, session: Session, what: str, fn: Callable, *args) -> None:
         """Send one message now (the caller has its pacer token). Socket errors mean the link is gone."""
+        if self._quiesced:
+            raise IBDisconnected(f"The agent is stopping: {what} not sent")
         if session is not self._session or session.lost or not session.client.connected_now():
             if session is self._session and not session.lost:
                 self._on_lost(session, "socket closed")     # ibapi saw it first; its callback is still queued
@@ -183,6 +199,7 @@ class TwsBridge(Supervisor, MarketData, Trading, TwsCallbacks):
         except OSError as e:
             self._on_lost(session, f"send failed: {e}")
             raise IBDisconnected(f"Connection to TWS lost while sending {what}") from e
+        self.messages_written += 1
 
     def stats(self) -> dict:
         return {"pending_requests": len(self._requests), "open_lines": len(self._lines),

@@ -55,7 +55,8 @@ class MarketData:
             session = self._session
             ticket = None
             if (line.req_id in self._lines and session is not None and session.id == line._session_id
-                    and not session.lost and not line.snapshot_done and not _rejected(line)):
+                    and not session.lost and not line.snapshot_done and not _rejected(line)
+                    and not self._quiesced):
                 ticket = self.pacer.ticket(cancel=True)
             line._closing = self._spawn(self._cancel_line(line, ticket), f"cancel-mkt-{line.req_id}")
         return line._closing
