@@ -11,6 +11,7 @@ import io
 import json
 import logging
 
+import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 import ib_scanner
@@ -197,6 +198,7 @@ def run_fuzz(tmp_path, capsys, strategy, examples: int, keep: list | None = None
     assert "Logging error" not in capsys.readouterr().err
 
 
+@pytest.mark.slow     # 20 s of generation: CI runs it once, in the full suite
 def test_fuzz_relay_frames_in_process_and_through_the_websocket(tmp_path, capsys):
     """6,000 generated frames (any text, bytes, JSON, depth, size; requests with hostile ids and types) through the
     dispatcher: one well-formed answer per readable request_id, bounded, key-free output, still serving. Then 300
@@ -214,6 +216,7 @@ def test_fuzz_relay_frames_in_process_and_through_the_websocket(tmp_path, capsys
     assert "Logging error" not in capsys.readouterr().err
 
 
+@pytest.mark.slow     # 20 s of generation: CI runs it once, in the full suite
 def test_fuzz_every_request_types_payload_in_process(tmp_path, capsys):
     """4,000 generated payloads spread over every request type (and its hyphenated spelling): each is answered,
     data or a bounded error naming the field, and nothing past validation sees a bad value."""
