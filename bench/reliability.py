@@ -153,8 +153,14 @@ async def load() -> list[tuple[str, str]]:
             status_s = time.monotonic() - s0
             outcomes = await chains
             stats = sim.stats()
-            await asyncio.sleep(1.0)
-            lines_left = sim.stats()["active_lines"]
+            # Answers come before their cancels: count what is open once the agent's cancels are out (warm legs
+            # are kept open on purpose; chains keep none).
+            await d.bridge.wait_lines_closed(60)
+            for _ in range(100):              # the last cancels may still be on their way to the simulator
+                if sim.stats()["active_lines"] <= d.pacer.lines_warm:
+                    break
+                await asyncio.sleep(0.05)
+            lines_left = sim.stats()["active_lines"] - d.pacer.lines_warm
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
