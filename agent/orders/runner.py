@@ -66,6 +66,7 @@ class OrderFileRun:
         self.file: OrderFile | None = None
         self.results: list[LineResult] = []
         self.started = now()
+        self._current: int | None = None         # the line being placed (Ctrl+C: what became of it)
 
     # --- the steps ----------------------------------------------------------------------------------------
 
@@ -83,11 +84,11 @@ class OrderFileRun:
             self.out(f"Could not reach TWS: {e}")
             return EXIT_FAILED
         try:
-            return await self._with_tws(first)
+            return await self._with_tws()
         finally:
             await self._disconnect()
 
-    async def _with_tws(self, first: OrderFile) -> int:
+    async def _with_tws(self) -> int:
         desk, bridge = self.desk, self.bridge
         self.file = read_order_file(self.fetched.data, self.fetched.name, today=new_york_today(),
                                     accounts=list(bridge.accounts))
@@ -258,7 +259,7 @@ class OrderFileRun:
 
     async def _interrupted(self, orders: list[FileOrder]) -> None:
         """Ctrl+C: the order in flight gets up to STOP_WAIT s for its status; the results say what is known."""
-        i = getattr(self, "_current", None)
+        i = self._current
         if i is not None:
             e = self.desk.book.find_ref(orders[i].order_ref)
             if e is not None:
