@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import io
-import json
 import logging
 import sys
 
@@ -336,30 +335,16 @@ async def test_clean_shutdown_mid_request_frees_every_line(tmp_path):
 async def test_sigint_stops_the_real_process_cleanly(tmp_path):
     """ib_data_agent.py as a process: connects to TWS and relay, then SIGINT makes it exit 0 (no traceback, key not
     shown) and leave TWS with no client and no line (how fast: bench/shutdown.py)."""
-    import os
     import signal
-    from pathlib import Path
+    from agent_process import agent_process
     from sim.tws import SimConfig, TwsSimulator
 
-    root = Path(ib_data_agent.__file__).resolve().parent
     async with TwsSimulator(SimConfig(port=0, latency="fast")) as sim, ReferenceRelay(api_key=KEY, port=0) as relay:
-        cfg = tmp_path / "config.env"
-        cfg.write_text(f"IB_PROVIDER_KEY={KEY}\nRELAY_URL={relay.ws_url}\nIB_PORT={sim.port}\n"
-                       f"LOG_DIR={tmp_path / 'logs'}\n")
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("IB_", "RELAY_", "LOG_")) and k != "ALLOW_LIVE_ORDERS"}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(root / "ib_data_agent.py"), "--config", str(cfg), cwd=str(root), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        try:
+        async with agent_process(tmp_path, sim, relay, KEY, capture=True) as proc:
             await relay.wait_provider(20)
             await relay.wait_frame(lambda f: f["type"] == "agent_state" and f["ib_connected"], 20)
             proc.send_signal(signal.SIGINT)
             rc = await asyncio.wait_for(proc.wait(), HANG_GUARD)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
         out = (await proc.stdout.read()).decode()
         assert rc == 0, out
         assert "Connected to relay" in out and "Agent stopped" in out and "Traceback" not in out

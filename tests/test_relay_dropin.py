@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 
-import ib_data_agent
 from agent.daemon import Daemon
 from agent.settings import load_settings
 from sim.relay import ReferenceRelay
+from agent_process import agent_process
 from test_daemon_e2e import KEY, DownBridge, fast_relay_options, http, next_weekday_in, stack, stop, until
 
 
@@ -111,24 +109,11 @@ async def test_signal_closes_the_relay_socket_with_1001(tmp_path, sig):
     """ib_data_agent.py as a process: SIGINT and SIGTERM each end with close code 1001 at the relay, exit 0."""
     from sim.tws import SimConfig, TwsSimulator
 
-    root = Path(ib_data_agent.__file__).resolve().parent
     async with TwsSimulator(SimConfig(port=0, latency="fast")) as sim, ReferenceRelay(api_key=KEY, port=0) as relay:
-        cfg = tmp_path / "config.env"
-        cfg.write_text(f"IB_PROVIDER_KEY={KEY}\nRELAY_URL={relay.ws_url}\nIB_PORT={sim.port}\n"
-                       f"LOG_DIR={tmp_path / 'logs'}\n")
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("IB_", "RELAY_", "LOG_")) and k != "ALLOW_LIVE_ORDERS"}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(root / "ib_data_agent.py"), "--config", str(cfg), cwd=str(root), env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        try:
+        async with agent_process(tmp_path, sim, relay, KEY) as proc:
             await relay.wait_frame(lambda f: f.get("phase") == "boot_complete", 20)
             proc.send_signal(sig)
             rc = await asyncio.wait_for(proc.wait(), 10)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
         await relay._wait_until(lambda: relay.close_codes, 5)
         assert rc == 0 and relay.close_codes == [1001]
 
