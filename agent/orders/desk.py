@@ -1,5 +1,6 @@
 """The order desk: places, changes and cancels orders through the bridge, on the book its base keeps current
-(agent/orders/keeper.py), and holds the safety rules. Used by the relay handlers (agent/orders/handlers.py) and by order files (agent/orders/files.py).
+(agent/orders/keeper.py), and holds the safety rules. Used by the relay handlers (agent/orders/handlers.py) and
+by order files (agent/orders/runner.py).
 
 Safety, in the order it is applied:
 - every field is checked first (agent/orders/validation.py); nothing reaches TWS half-built;
@@ -94,7 +95,8 @@ class OrderDesk(BookKeeper):
                 log.info(line)
 
     def order_policy_lines(self, accounts: Any = None) -> list[str]:
-        """'Orders: paper account DU…: allowed' / 'Orders: live account U…: refused (ALLOW_LIVE_ORDERS is not set)'."""
+        """'Orders: paper account DU…: allowed' or 'Orders: live account U…: refused (ALLOW_LIVE_ORDERS is not
+        set)', per account."""
         accounts = list(accounts if accounts is not None else self.bridge.accounts or [])
         if not accounts:
             live = "allowed (ALLOW_LIVE_ORDERS=true)" if self.settings.allow_live_orders else \
@@ -123,6 +125,13 @@ class OrderDesk(BookKeeper):
         return (f"Order refused: {account} is a live account and ALLOW_LIVE_ORDERS is not set, so this agent places "
                 f"orders on paper accounts only. To allow live orders, set ALLOW_LIVE_ORDERS=true in config.env and "
                 f"restart the agent.")
+
+    @staticmethod
+    def _of(entry: BookEntry) -> str:
+        """An order in the book as one console phrase: account, side, quantity, symbol, type, price, tif, ref."""
+        if entry.contract is None or entry.ticket is None:
+            return "terms unknown"
+        return describe(entry.contract, entry.ticket)
 
     def _refuse(self, what: str, reason: str, code: int | None = None) -> OrderRefused:
         log.warning("Order refused: %s: %s", what, reason)
@@ -302,8 +311,8 @@ class OrderDesk(BookKeeper):
             raise self._refuse(what, f"Order {order_id} is {state_phrase(entry)}: it can no longer be changed.")
         old = entry.contract
         if old is not None:
-            for attr, name in (("symbol", "symbol"), ("sec_type", "secType"), ("expiry", "lastTradeDateOrContractMonth"),
-                               ("strike", "strike"), ("right", "right")):
+            for attr, name in (("symbol", "symbol"), ("sec_type", "secType"),
+                               ("expiry", "lastTradeDateOrContractMonth"), ("strike", "strike"), ("right", "right")):
                 if getattr(old, attr) and getattr(contract, attr) and getattr(old, attr) != getattr(contract, attr):
                     raise self._refuse(what, f"contract.{name} differs from order {order_id}'s ({old.describe()}): a "
                                              f"change cannot switch the instrument; cancel and place a new order.")
@@ -325,20 +334,21 @@ class OrderDesk(BookKeeper):
                 if msg.code not in MODIFY_REFUSALS_IGNORED:
                     if msg.code == 104 or entry.status == "Filled":
                         break
-                    log.warning("Order change refused by IB: order %d: IB error %d: %s", order_id, msg.code,
-                                msg.message)
+                    log.warning("Order change refused by IB: order %d (%s): IB error %d: %s", order_id,
+                                self._of(entry), msg.code, msg.message)
                     raise OrderRefused(modify_refusal_sentence(msg.code, msg.message, order_id), msg.code)
             if entry.status == "Filled" or any(m.code == 104 for m in entry.messages[n_messages:]):
-                log.warning("Order change too late: order %d is %s", order_id, state_phrase(entry))
+                log.warning("Order change too late: order %d (%s) is %s", order_id, self._of(entry),
+                            state_phrase(entry))
                 raise OrderRefused(f"Order {order_id} filled before the change: {state_phrase(entry)}.", 104)
             t = entry.ticket
             if t is not None and t.quantity == ticket.quantity and t.lmt_price == ticket.lmt_price and \
                     t.aux_price == ticket.aux_price and t.order_type == ticket.order_type and entry.status:
-                log.info("Order changed: order %d is now %s: %s", order_id, t.describe(), state_phrase(entry))
+                log.info("Order changed: order %d is now %s: %s", order_id, self._of(entry), state_phrase(entry))
                 return placement_answer(entry, message=f"Order {order_id} changed: {state_phrase(entry)}.")
             left = self._left(deadline)
             if left <= 0:
-                log.warning("Order change sent, not confirmed: order %d; check TWS", order_id)
+                log.warning("Order change sent, not confirmed: order %d (%s); check TWS", order_id, self._of(entry))
                 answer = placement_answer(entry, message=(
                     f"The change to order {order_id} was sent but TWS did not confirm it in time: check the order in "
                     f"TWS before sending the change again."))
@@ -355,7 +365,7 @@ class OrderDesk(BookKeeper):
         deadline = self._deadline(self.cancel_confirm)
         entry = await self._own_entry(order_id, deadline, what)
         if entry.status == "Filled":
-            log.info("Cancel too late: order %d is %s", order_id, state_phrase(entry))
+            log.info("Cancel too late: order %d (%s) is %s", order_id, self._of(entry), state_phrase(entry))
             return {"ok": False, "orderId": order_id, "status": "Filled",
                     "message": f"Order {order_id} filled before it could be cancelled: {state_phrase(entry)}."}
         if entry.final:
@@ -365,20 +375,21 @@ class OrderDesk(BookKeeper):
         await self.bridge.cancel_order(order_id)
         while True:
             if entry.status in CANCEL_STATES:
-                log.info("Order cancelled: order %d (%s)", order_id, state_phrase(entry))
+                log.info("Order cancelled: order %d (%s): %s", order_id, self._of(entry), state_phrase(entry))
                 return {"ok": True, "orderId": order_id, "status": entry.status}
             if entry.status == "Filled":
-                log.info("Cancel too late: order %d is %s", order_id, state_phrase(entry))
+                log.info("Cancel too late: order %d (%s) is %s", order_id, self._of(entry), state_phrase(entry))
                 return {"ok": False, "orderId": order_id, "status": "Filled",
                         "message": f"Order {order_id} filled before it could be cancelled: {state_phrase(entry)}."}
             refusals = [m for m in entry.messages[n_messages:] if m.code not in (202, 399)]
             if refusals and entry.status not in ("PendingCancel",):
                 m = refusals[-1]
-                log.warning("Cancel refused by IB: order %d: IB error %d: %s", order_id, m.code, m.message)
+                log.warning("Cancel refused by IB: order %d (%s): IB error %d: %s", order_id, self._of(entry), m.code,
+                            m.message)
                 raise OrderRefused(cancel_refusal_sentence(m.code, m.message, order_id), m.code)
             left = self._left(deadline)
             if left <= 0:
-                log.warning("Cancel sent, not confirmed: order %d; check TWS", order_id)
+                log.warning("Cancel sent, not confirmed: order %d (%s); check TWS", order_id, self._of(entry))
                 return {"ok": True, "orderId": order_id, "status": entry.status or "PendingCancel",
                         "warning": (f"TWS did not confirm the cancel of order {order_id} within "
                                     f"{self.cancel_confirm:g} s: check the order in TWS.")}
