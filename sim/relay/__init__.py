@@ -76,6 +76,7 @@ CLI: ``python -m sim.relay --port 0 --key KEY`` prints ``listening on 127.0.0.1:
 SIGINT/SIGTERM. aiohttp is a dev dependency (requirements-dev.txt): the agent itself never imports this package.
 """
 
-from .server import NoProvider, ProviderDisconnected, ReferenceRelay, RelayError, RequestTimeout
+from .errors import NoProvider, ProviderDisconnected, RelayError, RequestTimeout
+from .server import ReferenceRelay
 
 __all__ = ["ReferenceRelay", "RelayError", "NoProvider", "RequestTimeout", "ProviderDisconnected"]

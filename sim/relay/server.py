@@ -23,39 +23,13 @@ from typing import Any, Callable
 from aiohttp import WSMsgType, web
 
 from . import routes
+from .errors import NoProvider, ProviderDisconnected, RequestTimeout
+from .http import HttpSide
 
 log = logging.getLogger("sim.relay")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WS_PATH = "/ws/data-provider"
-
-
-# --- errors of the in-process request API (the HTTP side maps them to status codes) ----------------
-
-class RelayError(Exception):
-    """Base of every error ReferenceRelay.request() raises."""
-
-
-class NoProvider(RelayError):
-    """No authenticated data provider is connected (HTTP 503)."""
-
-    def __init__(self, message: str = "No data provider connected") -> None:
-        super().__init__(message)
-
-
-class RequestTimeout(RelayError):
-    """The provider did not answer within the relay's wait (HTTP 504)."""
-
-    def __init__(self, request_type: str, request_id: str, timeout: float) -> None:
-        self.request_type, self.request_id, self.timeout = request_type, request_id, timeout
-        super().__init__(f"Data provider timed out after {timeout:g}s waiting for {request_type}")
-
-
-class ProviderDisconnected(RelayError):
-    """The provider went away (closed, silent, replaced, kicked) with this request pending (HTTP 500)."""
-
-    def __init__(self, message: str = "Provider disconnected") -> None:
-        super().__init__(message)
 
 
 # --- provider state ------------------------------------------------------------------------------
@@ -81,7 +55,7 @@ class _Provider:
             await self.ws.send_str(json.dumps(frame))
 
 
-class ReferenceRelay:
+class ReferenceRelay(HttpSide):
     """See the package docstring (sim/relay/__init__.py) for the in-process API tests code against."""
 
     def __init__(self, api_key: str = "KEY", host: str = "127.0.0.1", port: int = 0, *,
@@ -494,70 +468,3 @@ class ReferenceRelay:
         except (TypeError, ValueError):
             return None
         return frame if isinstance(frame, dict) else None
-
-    # --- HTTP side ---------------------------------------------------------------------------------
-
-    def _make_route_handler(self, route: routes.Route) -> Callable[[web.Request], Any]:
-        async def handler(request: web.Request) -> web.Response:
-            if route.method == "POST":
-                payload = await self._json_body(request)
-                if payload is None:
-                    return web.json_response({"detail": "Request body must be a JSON object"}, status=400)
-            else:
-                payload = routes.query_to_payload(request.query)
-            payload.setdefault("_priority", routes.PRIORITY.get(route.request_type, 1))
-            return await self._relay_http(route.request_type, payload)
-
-        return handler
-
-    @staticmethod
-    async def _json_body(request: web.Request) -> dict | None:
-        if not request.can_read_body:
-            return {}
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            return None
-        return body if isinstance(body, dict) else None
-
-    async def _relay_http(self, request_type: str, payload: dict) -> web.Response:
-        try:
-            frame = await self.request(request_type, payload)
-        except NoProvider as exc:
-            return web.json_response({"detail": str(exc)}, status=503)
-        except RequestTimeout as exc:
-            return web.json_response({"detail": str(exc)}, status=504)
-        except ProviderDisconnected as exc:
-            return web.json_response({"detail": str(exc)}, status=500)
-        if frame.get("success") is True:
-            return web.json_response(frame.get("data"), status=200)
-        return web.json_response({"detail": frame.get("error") or "Unknown error from data provider"}, status=500)
-
-    async def _ib_status_handler(self, request: web.Request) -> web.Response:
-        provider = self._provider
-        connected = self.provider_connected and provider is not None
-        if connected and provider.agent_state is None:  # type: ignore[union-attr]
-            # No agent_state yet (an agent that never sends one): ask it directly.
-            return await self._relay_http("ib_status", {"_priority": routes.PRIORITY["ib_status"]})
-        return web.json_response(routes.ib_status_from_state(
-            provider.agent_state if connected and provider else None, provider_connected=connected,
-            provider_id=provider.provider_id if connected and provider else None,
-            agent_version=provider.version if connected and provider else None,
-            state_ts=provider.agent_state_ts if connected and provider else None,
-            boot_phase=provider.boot_phase if connected and provider else None))
-
-    async def _ib_reconnect_handler(self, request: web.Request) -> web.Response:
-        """The web app's "Reconnect IB": {force} in, {success, connected, message} out (from the agent's data)."""
-        body = await self._json_body(request)
-        if body is None:
-            return web.json_response({"detail": "Request body must be a JSON object"}, status=400)
-        try:
-            frame = await self.request("ib_reconnect", {"force": body.get("force") is True,
-                                                        "_priority": routes.PRIORITY.get("ib_reconnect", 0)})
-        except NoProvider as exc:
-            return web.json_response({"detail": str(exc)}, status=503)
-        except RequestTimeout as exc:
-            return web.json_response({"detail": str(exc)}, status=504)
-        except ProviderDisconnected as exc:
-            return web.json_response({"detail": str(exc)}, status=500)
-        return web.json_response(routes.reconnect_answer(frame), status=200)
