@@ -601,7 +601,13 @@ def _skip(results: Sequence[CheckResult], why: str) -> None:
 
 # --- relay ------------------------------------------------------------------------------------
 
-async def check_relay(settings: Any, timeout: float, version: str = "doctor") -> CheckResult:
+# The relay routes a user's requests to the connected agent with the highest version (dotted integers; anything else
+# ties, and the later login wins). The check logs in as version 0, below every agent, so a running agent keeps
+# receiving the web app's requests while the check is connected.
+CHECK_VERSION = "0"
+
+
+async def check_relay(settings: Any, timeout: float, version: str = CHECK_VERSION) -> CheckResult:
     """Step 7: connect, send auth, read auth_response, close (code 1000)."""
     import websockets
 

@@ -153,6 +153,16 @@ async def test_relay_rejects_key(tmp_path, relay):
     assert KEY not in text
 
 
+async def test_the_relay_check_never_takes_a_running_agents_requests(tmp_path):
+    """The check logs in as version 0: the relay keeps routing to a running agent (2.0.0, or the original 1.39)."""
+    from sim.relay import routes
+    async with ReferenceRelay(api_key=KEY, port=0) as relay:
+        r = await doctor.check_relay(settings_for(tmp_path, RELAY_URL=relay.ws_url, IB_PORT=closed_port()),
+                                     FAST.relay)
+        assert r.status == OK and relay.auth_attempts[-1]["version"] == doctor.CHECK_VERSION
+    assert not routes.outranks(doctor.CHECK_VERSION, "2.0.0") and not routes.outranks(doctor.CHECK_VERSION, "1.39.2")
+
+
 async def test_relay_unreachable(tmp_path):
     """No relay at RELAY_URL: step 7 says the WebSocket connection failed."""
     settings = settings_for(tmp_path, IB_PORT=closed_port(),
