@@ -167,26 +167,33 @@ class DownBridge:
         return self.status_message
 
 
-async def test_relay_side_up_while_tws_down():
-    """With TWS down the agent still serves the relay: ib-status says so and data requests fail at once, in words."""
+@contextlib.asynccontextmanager
+async def tws_down():
+    """A reference relay and the daemon with TWS down (DownBridge); yields (relay, daemon), stopped on the way out."""
     async with ReferenceRelay(api_key=KEY, port=0) as relay:
         settings = load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": relay.ws_url})
         d = Daemon(settings, bridge_factory=DownBridge, relay_options=fast_relay_options())
         task = asyncio.create_task(d.run())
         try:
-            await relay.wait_provider(5)
-            await relay.wait_frame(lambda f: f["type"] == "agent_state", 5)
-            status, body = await http(relay, "GET", "ib-status")
-            assert status == 200 and body["provider_connected"] is True and body["connected"] is False
-            status, body = await http(relay, "POST", "fetch-chain",
-                                      {"ticker": "AAPL", "dealPrice": 200, "expectedCloseDate": "2026-06-30"})
-            assert status == 500 and body["detail"].startswith("IB not connected")
-            status, body = await http(relay, "POST", "place-order", {"contract": {"symbol": "AAPL"},
-                                      "order": {"action": "BUY", "totalQuantity": 1, "orderType": "MKT"}})
-            assert status == 500 and body["detail"].startswith("IB not connected")
+            yield relay, d
         finally:
             await stop(task)
-        assert d.bridge.closed
+
+
+async def test_relay_side_up_while_tws_down():
+    """With TWS down the agent still serves the relay: ib-status says so and data requests fail at once, in words."""
+    async with tws_down() as (relay, d):
+        await relay.wait_provider(5)
+        await relay.wait_frame(lambda f: f["type"] == "agent_state", 5)
+        status, body = await http(relay, "GET", "ib-status")
+        assert status == 200 and body["provider_connected"] is True and body["connected"] is False
+        status, body = await http(relay, "POST", "fetch-chain",
+                                  {"ticker": "AAPL", "dealPrice": 200, "expectedCloseDate": "2026-06-30"})
+        assert status == 500 and body["detail"].startswith("IB not connected")
+        status, body = await http(relay, "POST", "place-order", {"contract": {"symbol": "AAPL"},
+                                  "order": {"action": "BUY", "totalQuantity": 1, "orderType": "MKT"}})
+        assert status == 500 and body["detail"].startswith("IB not connected")
+    assert d.bridge.closed
 
 
 # --- full stack: TWS simulator + real bridge + reference relay ------------------------------

@@ -17,8 +17,11 @@ from sim.relay import ProviderDisconnected, ReferenceRelay
 KEY = "relay-test-key-0123456789"
 
 
+FAST = dict(first=0.01, factor=2, cap=0.05)
+
+
 def fast_wait():
-    return reconnect_wait(first=0.01, factor=2, cap=0.05)
+    return reconnect_wait(**FAST)
 
 
 class Handler:

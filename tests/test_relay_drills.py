@@ -4,7 +4,6 @@ settings are measured by ``python -m bench.reliability`` (README, "Reliability")
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 
@@ -16,23 +15,7 @@ from agent.retry import preview, reconnect_wait
 from agent.settings import load_settings
 from sim.relay import ReferenceRelay
 from test_daemon_e2e import stack
-from test_relay_client import KEY, Handler, state
-
-FAST = dict(first=0.01, factor=2, cap=0.05)
-
-
-@contextlib.asynccontextmanager
-async def client_at(url: str, **kw):
-    settings = load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": url})
-    kw.setdefault("wait", reconnect_wait(**FAST))
-    client = RelayClient(settings, Handler(), state, **kw)
-    task = asyncio.create_task(client.run())
-    try:
-        yield client
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 5)
+from test_relay_client import FAST, KEY, Handler, running, state
 
 
 # --- item 5: a silent relay ----------------------------------------------------------------------------
@@ -42,8 +25,8 @@ async def test_silent_relay_is_dropped_and_the_agent_reauthenticates(caplog):
     N s: reconnecting', authenticates again at once and serves on the new connection."""
     caplog.set_level(logging.INFO, logger="agent.relay")
     async with ReferenceRelay(api_key=KEY, port=0, heartbeat_timeout=30.0) as relay, \
-            client_at(relay.ws_url, heartbeat_interval=0.05, silence_timeout=0.3, stable_after=0.0,
-                      close_timeout=0.2) as client:
+            running(relay, heartbeat_interval=0.05, silence_timeout=0.3, stable_after=0.0,
+                    close_timeout=0.2) as client:
         first = await relay.wait_provider(5)
         assert relay.silence() == first
         await relay._wait_until(lambda: relay.provider_connected and relay.provider_id != first, 10)
@@ -85,7 +68,7 @@ async def test_relay_gone_and_back_reconnects_at_once_then_backs_off(caplog):
     relay = ReferenceRelay(api_key=KEY, port=0)
     await relay.start()
     port = relay.port
-    async with client_at(relay.ws_url, sleep=sleep, stable_after=0.0) as client:
+    async with running(relay, sleep=sleep, stable_after=0.0) as client:
         await relay.wait_provider(5)
         await relay.stop()
         await asyncio.wait_for(_until(lambda: len(sleeps) >= 4), 10)

@@ -10,11 +10,10 @@ import sys
 
 import pytest
 
-from agent.daemon import Daemon
-from agent.settings import load_settings
 from sim.relay import ReferenceRelay
+
 from agent_process import agent_process
-from test_daemon_e2e import KEY, DownBridge, fast_relay_options, http, next_weekday_in, stack, stop, until
+from test_daemon_e2e import KEY, http, next_weekday_in, stack, stop, tws_down, until
 
 
 def phases(relay: ReferenceRelay, start: int = 0) -> list[str]:
@@ -41,17 +40,11 @@ async def test_reconnect_route_connected_and_forced(tmp_path):
 
 async def test_reconnect_route_while_tws_is_down():
     """With TWS down (the agent still reconnecting), the route says success:false, connected:false, and why."""
-    async with ReferenceRelay(api_key=KEY, port=0) as relay:
-        settings = load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": relay.ws_url})
-        d = Daemon(settings, bridge_factory=DownBridge, relay_options=fast_relay_options())
-        task = asyncio.create_task(d.run())
-        try:
-            await relay.wait_provider(5)
-            status, body = await http(relay, "POST", "ib-reconnect", {})
-            assert status == 200 and body["success"] is False and body["connected"] is False
-            assert body["message"] == "TWS not reachable on port 7497"
-        finally:
-            await stop(task)
+    async with tws_down() as (relay, d):
+        await relay.wait_provider(5)
+        status, body = await http(relay, "POST", "ib-reconnect", {})
+        assert status == 200 and body["success"] is False and body["connected"] is False
+        assert body["message"] == "TWS not reachable on port 7497"
 
 
 async def test_boot_complete_after_every_relay_session_with_tws(tmp_path):
@@ -70,17 +63,11 @@ async def test_boot_complete_after_every_relay_session_with_tws(tmp_path):
 
 async def test_boot_complete_without_tws():
     """With TWS down the agent still completes its boot at the relay (TWS state travels in agent_state)."""
-    async with ReferenceRelay(api_key=KEY, port=0) as relay:
-        settings = load_settings({"IB_PROVIDER_KEY": KEY, "RELAY_URL": relay.ws_url})
-        d = Daemon(settings, bridge_factory=DownBridge, relay_options=fast_relay_options())
-        task = asyncio.create_task(d.run())
-        try:
-            frame = await relay.wait_frame(lambda f: f.get("phase") == "boot_complete", 5)
-            assert "TWS not connected" in frame["detail"]
-            body = await ib_status(relay)
-            assert body["boot_phase"] is None and body["provider_connected"] is True and body["connected"] is False
-        finally:
-            await stop(task)
+    async with tws_down() as (relay, d):
+        frame = await relay.wait_frame(lambda f: f.get("phase") == "boot_complete", 5)
+        assert "TWS not connected" in frame["detail"]
+        body = await ib_status(relay)
+        assert body["boot_phase"] is None and body["provider_connected"] is True and body["connected"] is False
 
 
 async def test_relay_restart_leaves_no_boot_phase(tmp_path):
