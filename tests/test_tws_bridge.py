@@ -550,12 +550,17 @@ async def test_many_concurrent_lines_stay_within_budget_and_do_not_leak():
 
 
 async def test_pacer_keeps_a_300_request_burst_under_the_limit():
-    """300 concurrent requests go out at <= 45 messages/s: no pacing violation (error 100) at the simulator."""
+    """300 concurrent requests go out at <= 45 messages/s: no pacing violation (error 100) at the simulator.
+
+    The 45 is the agent's own count when it sends (deterministic); the simulator counts on arrival, where a
+    loaded machine's scheduling jitter can add one or two, so there the bound is IB's real one (50).
+    """
     async with simulator() as sim, bridge_for(sim.port) as b:
         results = await asyncio.gather(*(b.contract_details(AAPL, timeout=30) for _ in range(300)))
         assert all(r and r[0].contract.symbol == "AAPL" for r in results)
         st = sim.stats()
-        assert not st["violations"] and st["peak_msg_rate"] <= 45
+        assert b.pacer.messages_sent >= 300 and b.pacer.peak_rate_1s <= 45
+        assert not st["violations"] and st["peak_msg_rate"] <= 50
         assert 100 not in b.errors_seen
 
 
