@@ -1,4 +1,4 @@
-"""`--check` (agent/doctor.py) against the TWS simulator and the reference relay, one broken setting at a time."""
+"""`--check` (agent/doctor/) against the TWS simulator and the reference relay, one broken setting at a time."""
 
 from __future__ import annotations
 
