@@ -1,0 +1,95 @@
+"""What the TWS bridge tests share: a simulator, a bridge on it, an event recorder, bounded polls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from agent.pacer import Pacer
+from agent.settings import Settings
+from agent.retry import reconnect_wait
+from agent.tws import TwsBridge
+from agent.types import Contract
+from sim.tws import SimConfig, TwsSimulator
+
+FAST = dict(first=0.01, factor=2.0, cap=0.05)
+
+
+def settings(port: int | None, **kw) -> Settings:
+    kw.setdefault("connect_timeout", 2.0)
+    return Settings(provider_key="k" * 24, ib_port=port, **kw)
+
+
+class Events:
+    """Collects on_event calls; lets a test await the next one of a name."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict]] = []
+        self._waiters: dict[str, asyncio.Event] = {}
+
+    def __call__(self, name: str, data: dict) -> None:
+        self.seen.append((name, data))
+        self._evt(name).set()
+
+    def _evt(self, name: str) -> asyncio.Event:
+        return self._waiters.setdefault(name, asyncio.Event())
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.seen]
+
+    async def next(self, name: str, timeout: float = 5.0) -> dict:
+        ev = self._evt(name)
+        ev.clear()
+        await asyncio.wait_for(ev.wait(), timeout)
+        return [d for n, d in self.seen if n == name][-1]
+
+
+@contextlib.asynccontextmanager
+async def simulator(**kw):
+    sim = TwsSimulator(SimConfig(port=0, **kw))
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def bridge_for(port: int | None, *, pacer: Pacer | None = None, events: Events | None = None,
+                     supervised: bool = False, ports: list[int] | None = None, **kw):
+    b = TwsBridge(settings(port, **kw), pacer or Pacer(), on_event=events, backoff=reconnect_wait(**FAST), ports=ports)
+    task = None
+    try:
+        if supervised:
+            task = asyncio.create_task(b.run())
+            await b.wait_connected(5.0)
+        else:
+            await b.connect()
+        yield b
+    finally:
+        await b.close()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+
+
+AAPL = Contract.stock("AAPL")
+
+
+async def eventually(predicate, timeout: float = 5.0) -> bool:
+    """For state with no event to await (another process-like peer's bookkeeping): poll, bounded."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def sync(bridge: TwsBridge) -> None:
+    """A round trip: everything TWS sent before its answer has reached the loop by the time it returns."""
+    await bridge.current_time()
