@@ -1,9 +1,12 @@
-"""Probe helpers shared by the TWS simulator tests (imported as ``sim_probe``: pytest puts this folder on sys.path)."""
+"""Probe helpers shared by the TWS simulator tests (imported as ``sim_probe``: pytest puts this folder on
+sys.path): a probe, waits, an order as TWS 10 wants it. The ``make_sim`` / ``sim`` fixtures are in conftest.py."""
 from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
+
+from ibapi.order import Order
 
 from sim.tws import TwsSimulator
 from sim.tws.probe import Probe
@@ -40,3 +43,16 @@ def run(fn, *args, **kw):
 
 def is_tick(req_id: int, tick_type: int):
     return lambda e: e[0] == req_id and e[1] == tick_type
+
+
+def order(action: str, qty: float, order_type: str = "MKT", lmt: float | None = None, ref: str = "",
+          what_if: bool = False, account: str = "") -> Order:
+    """An order as a client of current TWS must send it (ibapi 9.81's defaults eTradeOnly/firmQuoteOnly=True
+    are rejected by TWS 10.x with 10268/10269)."""
+    o = Order()
+    o.action, o.totalQuantity, o.orderType, o.orderRef, o.whatIf = action, qty, order_type, ref, what_if
+    o.eTradeOnly = o.firmQuoteOnly = False
+    o.account = account
+    if lmt is not None:
+        o.lmtPrice = lmt
+    return o

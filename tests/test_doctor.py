@@ -173,23 +173,6 @@ async def test_relay_unreachable(tmp_path):
 
 # --- against the TWS simulator -------------------------------------------------------------------
 
-@pytest.fixture
-async def make_sim():
-    from sim.tws import SimConfig, TwsSimulator
-    sims = []
-
-    async def make(**kw):
-        sim = TwsSimulator(SimConfig(port=0, latency="fast", **kw))
-        await sim.start()
-        sims.append(sim)
-        return sim
-    try:
-        yield make
-    finally:
-        for sim in sims:
-            await sim.stop()
-
-
 async def test_all_pass_exits_zero(tmp_path, relay, make_sim):
     """A paper account, API on, Read-Only off, live data and a good key: every step ✓ and exit status 0."""
     sim = await make_sim()

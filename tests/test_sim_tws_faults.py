@@ -12,21 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from sim.tws import SimConfig, TwsSimulator
+from sim.tws import SimConfig
 from sim.tws.probe import Probe, ProbeTimeout, stock
 from sim.tws.wire import FrameBuffer, encode, frame, split_fields
 
 from sim_probe import connect, connected, is_tick, run, until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-async def sim():
-    s = TwsSimulator(SimConfig(port=0, latency="fast"))
-    await s.start()
-    yield s
-    await s.stop()
 
 
 async def test_drop_clients_closes_every_connection(sim):
