@@ -30,14 +30,17 @@ def test_request_refs_are_stable_short_and_distinct():
     assert request_ref("\ud800" * 1000).isascii()          # any request id, even one no encoder can write
 
 
-def test_file_refs_carry_the_file_hash_and_line_ref():
-    """A file line's ref joins the file's hash and the line's own ref (hashed when it is not a plain word)."""
-    sha = "ab" * 32
-    r = file_ref(sha, "L7")
-    assert r.startswith("of-abababababab-") and r.endswith("L7") and r == file_ref(sha, "L7")
-    assert file_ref(sha, "L7") != file_ref("cd" * 32, "L7") != file_ref(sha, "L8")
-    odd = file_ref(sha, "a b/c\n" * 20)
-    assert len(odd) <= 40 and odd.isprintable() and " " not in odd
+def test_file_refs_are_a_hash_of_the_order_and_its_own_ref():
+    """A file line's ref is a hash of what the order asks for, plus the line's own ref when it has one (hashed when
+    it is not a plain word); neither the file nor the line's place in it enter."""
+    order = '["AAPL","STK","BUY",10.0,"LMT",150.0]'
+    r = file_ref(order, None)
+    assert r.startswith("of-") and len(r) <= 40 and r == file_ref(order, None)
+    assert r != file_ref(order.replace("10.0", "11.0"), None)
+    own = file_ref(order, "a1")
+    assert own.endswith("-a1") and own != r and own != file_ref(order, "a2")
+    odd = file_ref(order, "a b/c\n" * 20)
+    assert len(odd) <= 40 and odd.isprintable() and " " not in odd and odd != file_ref(order, "a b/c")
 
 
 def test_status_changes_are_reported_once():

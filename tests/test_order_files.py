@@ -24,15 +24,51 @@ MSFT,SELL,10,420
 """
 
 
-def test_good_csv_gives_one_order_per_line_with_line_refs_and_file_refs():
-    """Two CSV lines: two orders, refs L2 and L3 (file lines), orderRefs of-<hash>-L2/L3, LMT DAY by default."""
+def test_good_csv_gives_one_order_per_line_with_line_refs_and_content_refs():
+    """Two CSV lines: two orders, refs L2 and L3 (file lines), orderRefs of-<hash of the order>, LMT DAY by
+    default."""
     f = read(GOOD_CSV)
     assert f.ok and f.problems == [] and [o.ref for o in f.orders] == ["L2", "L3"]
-    a = f.orders[0]
+    a, b = f.orders
     assert (a.contract.symbol, a.ticket.action, a.ticket.quantity, a.ticket.order_type, a.ticket.lmt_price,
             a.ticket.tif, a.ticket.account) == ("AAPL", "BUY", 100.0, "LMT", 210.5, "DAY", "DU1234567")
-    assert a.order_ref == f"of-{f.sha256[:12]}-L2" and a.ticket.order_ref == a.order_ref
+    assert a.ticket.order_ref == a.order_ref and a.order_ref != b.order_ref
+    assert all(o.order_ref.startswith("of-") and len(o.order_ref) <= 40 for o in f.orders)
+    assert f.sha256[:12] not in a.order_ref and "L2" not in a.order_ref       # the file and the line number aside
     assert len(f.sha256) == 64
+
+
+def test_an_edited_file_keeps_the_refs_of_its_unchanged_orders():
+    """An order's ref is what it asks for, not where it stands: moved, reformatted, in another file or format, or
+    with its one managed account written out, it is the same order (a re-run finds it placed); a changed price,
+    quantity, side or account makes it another order."""
+    before = {o.contract.symbol: o.order_ref for o in read(GOOD_CSV).orders}
+    edited = read("Ticker,Action,Qty,Limit Price,Account\nGOOG,BUY,1,100,\nMSFT,sell,10,420.00,\n"
+                  "AAPL,BUY,100,210.5,DU1234567\n")
+    after = {o.contract.symbol: o.order_ref for o in edited.orders}
+    assert edited.ok and after["AAPL"] == before["AAPL"] and after["MSFT"] == before["MSFT"]
+    assert after["GOOG"] not in before.values()
+    as_json = read(json.dumps([{"ticker": "MSFT", "action": "SELL", "quantity": 10, "limit_price": 420}]),
+                   "orders.json")
+    assert as_json.orders[0].order_ref == before["MSFT"]
+    for changed in ("AAPL,BUY,100,210.25", "AAPL,BUY,101,210.5", "AAPL,SELL,100,210.5"):
+        other = read("ticker,action,quantity,limit_price\n" + changed + "\n").orders[0].order_ref
+        assert other != before["AAPL"], changed
+    two = read("ticker,action,quantity,limit_price,account\nAAPL,BUY,100,210.5,DU2\n", accounts=["DU1234567", "DU2"])
+    assert two.orders[0].order_ref != before["AAPL"]
+
+
+def test_explicit_refs_tell_identical_orders_apart_and_show_in_the_order_ref():
+    """Two identical lines with their own refs are two orders (distinct orderRefs ending in the ref); the same order
+    with and without a ref are not the same order."""
+    f = read("ticker,action,quantity,limit_price,ref\nAAPL,BUY,10,150,first\nAAPL,BUY,10,150,second\n")
+    assert f.ok, f.problems
+    a, b = f.orders
+    assert a.order_ref != b.order_ref and a.order_ref.endswith("-first") and b.order_ref.endswith("-second")
+    plain = read("ticker,action,quantity,limit_price\nAAPL,BUY,10,150\n").orders[0]
+    assert plain.order_ref not in (a.order_ref, b.order_ref)
+    odd = read("ticker,action,quantity,limit_price,ref\nAAPL,BUY,10,150,a b/c\n").orders[0]
+    assert odd.order_ref.startswith("of-") and len(odd.order_ref) <= 40 and " " not in odd.order_ref
 
 
 def test_header_names_are_case_and_spacing_tolerant_and_unknown_columns_warn():
@@ -108,10 +144,11 @@ def test_account_checks_wait_for_tws_when_accounts_are_unknown():
     assert read(text).problems[0].startswith("line 2: account 'U999' is not an account this TWS login manages")
 
 
-def test_the_hash_changes_with_the_content_and_refs_with_it():
-    """Another file (one byte changed) has another hash, so its orderRefs differ."""
+def test_one_changed_byte_changes_the_file_hash_and_only_that_lines_ref():
+    """One byte changed in line 2: another file (hash), line 2 another order, line 3 the same order as before."""
     a, b = read(GOOD_CSV), read(GOOD_CSV.replace("210.50", "210.51"))
-    assert a.sha256 != b.sha256 and a.orders[1].order_ref != b.orders[1].order_ref
+    assert a.sha256 != b.sha256
+    assert a.orders[0].order_ref != b.orders[0].order_ref and a.orders[1].order_ref == b.orders[1].order_ref
 
 
 @settings(max_examples=200, deadline=None)

@@ -9,12 +9,15 @@ Columns (names are case- and spacing-tolerant: "Limit Price" = ``limit_price``):
 ``order_type`` (LMT), ``tif`` (DAY), ``account``, ``sec_type`` (STK; OPT with ``expiry``, ``strike``, ``right``),
 ``ref`` (the line's own id; else its line or position). Unknown columns are a warning.
 
-Each order's orderRef is ``of-<first 12 hex of the file's SHA-256>-<ref>``: the same file run again finds its orders.
+Each order's orderRef is ``of-`` + a hash of what it asks for (``order_identity``) and of the line's own ``ref`` if
+it has one, shown at the end (agent/orders/refs.py): the same file run again, or an edited one, finds the orders it
+placed already; only a changed or new line is a new order.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as _dt
 import hashlib
 import io
@@ -40,6 +43,17 @@ CONTRACT_FIELDS = ("symbol", "sec_type", "expiry", "strike", "right", "exchange"
 MAX_REF = 32
 
 
+def order_identity(contract: Contract, t: OrderTicket) -> str:
+    """What an order asks for, as canonical text: the same order written another way (moved, reformatted, in JSON or
+    CSV, its one managed account written out) gives the same text; any change of what goes to TWS changes it."""
+    def num(x: Any) -> float | None:
+        return None if x is None else float(x)
+    return json.dumps([list(contract.key), contract.multiplier, t.action, float(t.quantity), t.order_type,
+                       num(t.lmt_price), num(t.aux_price), num(t.trail_stop_price), num(t.trailing_percent),
+                       num(t.lmt_price_offset), t.tif, bool(t.outside_rth), t.account.upper(), t.open_close],
+                      separators=(",", ":"))
+
+
 def column_name(header: Any) -> str:
     """'Limit Price', 'limitPrice', ' LIMIT_PRICE ' -> 'limit_price'."""
     h = str(header).strip()
@@ -53,7 +67,7 @@ def column_name(header: Any) -> str:
 class FileOrder:
     label: str                 # "line 2" / "order #1"
     ref: str                   # the line's own id, or L2 / 1
-    order_ref: str             # what TWS keeps: of-<hash>-<ref>
+    order_ref: str             # what TWS keeps: of-<hash of the order>[-<own ref>]
     contract: Contract
     ticket: OrderTicket
     explicit_ref: bool = False
@@ -161,14 +175,13 @@ def read_order_file(data: bytes, name: str, *, today: _dt.date, accounts: Sequen
             problems.append("limit_price is given but order_type is MKT: remove one of them")
         contract = {k: row[k] for k in CONTRACT_FIELDS if k in row}
         order = {k: v for k, v in row.items() if k not in CONTRACT_FIELDS}
-        order["order_ref"] = file_ref(out.sha256, ref)
         chk = check_order(contract, order, today=today, accounts=accounts, fields=FILE_FIELDS)
         problems += chk.problems
         if problems:
             out.problems += [f"{label}: {p}" for p in problems]
             continue
-        t = chk.ticket
-        key = (chk.contract.key, t.action, t.quantity, t.order_type, t.lmt_price, t.aux_price, t.tif, t.account)
+        key = order_identity(chk.contract, chk.ticket)
+        t = dataclasses.replace(chk.ticket, order_ref=file_ref(key, ref if explicit else None))
         if key in seen and not (explicit and seen[key][1]):
             out.problems.append(f"{seen[key][0]} and {label} are the same order: remove one, or give each its own "
                                 f"ref if you mean both")

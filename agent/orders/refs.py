@@ -2,7 +2,7 @@
 
 TWS keeps an order's ``orderRef`` in the open-order list, the completed-order list and every execution, across
 agent restarts and reconnects. So the agent derives the ref from what asked for the order — the relay's request id,
-or an order file's content hash and line — and before placing looks the ref up in all three.
+or what an order file's line asks for — and before placing looks the ref up in all three.
 """
 
 from __future__ import annotations
@@ -25,8 +25,18 @@ def request_ref(request_id: str) -> str:
     return REQUEST_PREFIX + _digest(request_id)[:24]
 
 
-def file_ref(file_sha256: str, line_ref: str) -> str:
-    """The ref of one order file line: the file's content hash and the line's own ref (hashed unless it is a short
-    plain word), e.g. ``of-1a2b3c4d5e6f-L7``. At most 40 characters."""
-    line = line_ref if _PLAIN.fullmatch(line_ref) else _digest(line_ref)[:12]
-    return f"{FILE_PREFIX}{file_sha256[:12]}-{line}"
+def file_ref(order: str, own_ref: str | None) -> str:
+    """The ref of one order-file line: a hash of what the order asks for (``order``, its canonical text: see
+    agent/orders/files.py) and of the line's own ref when it has one, which also ends the ref (hashed unless it is a
+    short plain word), e.g. ``of-1a2b3c4d5e6f7a8b`` or ``of-1a2b3c4d5e6f7a8b-a1``. At most 36 characters.
+
+    Neither the file nor the line's place in it enter: an edited file keeps the refs of the orders it did not
+    change, so a re-run finds those placed and places only what is new.
+    """
+    digest = _digest(order if own_ref is None else f"{order}\x00{own_ref}")[:16]
+    return f"{FILE_PREFIX}{digest}" if own_ref is None else f"{FILE_PREFIX}{digest}-{ref_tail(own_ref)}"
+
+
+def ref_tail(own_ref: str) -> str:
+    """How a line's own ref ends its orderRef: itself when it is a short plain word, else 12 hex of its hash."""
+    return own_ref if _PLAIN.fullmatch(own_ref) else _digest(own_ref)[:12]

@@ -9,8 +9,8 @@ on the laptop where TWS is logged in).
 2. Connect to TWS with the order files' own API client id (IB_CLIENT_ID + 10: 27 by default), read TWS's order
    lists, check the accounts.
 3. Preview: the account (paper or LIVE), each order with the market and TWS's what-if margin and commission;
-   a limit more than 5 % from the market, an order already placed, and an identical order placed today under
-   another ref are flagged. ``--dry-run`` stops here.
+   a limit more than 5 % from the market, an order already placed, an identical order placed today under
+   another ref, and a line whose own ref was placed before as another order (the line changed) are flagged. ``--dry-run`` stops here.
 4. Confirm: "Place 3 orders on paper account DU…? [y/N]" (``--yes`` answers yes; with no terminal and no ``--yes``
    it refuses). A live account also needs ALLOW_LIVE_ORDERS=true and the account id typed in, every time.
 5. Place, one at a time (paced), each waiting for its status; a line placed already (this file, any earlier run)
@@ -31,6 +31,7 @@ from agent.exchange_time import new_york_today
 from agent.orders.desk import OrderDesk, Placement
 from agent.orders.fetch import FetchError, Fetched, fetch
 from agent.orders.files import FileOrder, OrderFile, read_order_file
+from agent.orders.refs import FILE_PREFIX, ref_tail
 from agent.orders.report import LineResult, Preview, counts, now, preview_table, summary_table, write_results
 from agent.tws.connect import accounts_are_paper
 
@@ -50,6 +51,12 @@ def _similar(book_entry: Any, o: FileOrder) -> bool:
         (o.contract.symbol, o.contract.sec_type, o.contract.expiry, round(o.contract.strike, 4), o.contract.right)
     return same_contract and (t.action, t.quantity, t.lmt_price) == (o.ticket.action, o.ticket.quantity,
                                                                      o.ticket.lmt_price)
+
+
+def _same_own_ref(order_ref: str, o: FileOrder) -> bool:
+    """Does ``order_ref`` (another order's) end in this line's own ref, from an order file?"""
+    return order_ref != o.order_ref and order_ref.startswith(FILE_PREFIX) and \
+        order_ref.endswith(f"-{ref_tail(o.ref)}")
 
 
 class OrderFileRun:
@@ -168,6 +175,13 @@ class OrderFileRun:
             if twins:
                 p.notes.append(f"an identical order was placed today (order {twins[-1].order_id}, ref "
                                f"{twins[-1].order_ref or 'none'})")
+            if o.explicit_ref:
+                before = [x for x in book.entries() if x.blocks_ref and _same_own_ref(x.order_ref, o)]
+                if before:
+                    x = before[-1]
+                    what = f"{x.ticket.describe()} {x.contract.describe()}" if x.ticket and x.contract else "?"
+                    p.notes.append(f"ref {o.ref} was placed before as another order (order {x.order_id}, {what}, "
+                                   f"{x.status or 'status unknown'}): this line is a new order, and that one stands")
         quotes = await self._quotes([o.contract for o in orders])
         for p, q in zip(previews, quotes):
             if q is not None:
