@@ -10,7 +10,8 @@ on the laptop where TWS is logged in).
    lists, check the accounts.
 3. Preview: the account (paper or LIVE), each order with the market and TWS's what-if margin and commission;
    a limit more than 5 % from the market, an order already placed, an identical order placed today under
-   another ref, and a line whose own ref was placed before as another order (the line changed) are flagged. ``--dry-run`` stops here.
+   another ref, and a line whose own ref was placed before as another order (the line changed) are flagged.
+   ``--dry-run`` stops here.
 4. Confirm: "Place 3 orders on paper account DU…? [y/N]" (``--yes`` answers yes; with no terminal and no ``--yes``
    it refuses). A live account also needs ALLOW_LIVE_ORDERS=true and the account id typed in, every time.
 5. Place, one at a time (paced), each waiting for its status; a line placed already (this file, any earlier run)
