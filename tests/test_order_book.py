@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from agent.orders.book import OrderBook
-from agent.orders.refs import file_ref, request_ref
+from agent.orders.refs import file_ref, own_ref_of, request_ref
 from agent.types import Contract, ExecutionInfo, OrderInfo, OrderMessage, OrderStatusInfo, OrderTicket
 
 AAPL = Contract.stock("AAPL")
@@ -40,7 +40,15 @@ def test_file_refs_are_a_hash_of_the_order_and_its_own_ref():
     own = file_ref(order, "a1")
     assert own.endswith("-a1") and own != r and own != file_ref(order, "a2")
     odd = file_ref(order, "a b/c\n" * 20)
-    assert len(odd) <= 40 and odd.isprintable() and " " not in odd and odd != file_ref(order, "a b/c")
+    assert len(odd) <= 36 and odd.isprintable() and " " not in odd and odd != file_ref(order, "a b/c")
+
+
+def test_a_file_refs_own_ref_is_read_back_exactly():
+    """The line's own ref is read back whole, dashes and all, so ref '1' is not mistaken for 'aapl-1'."""
+    order = '["AAPL"]'
+    assert own_ref_of(file_ref(order, "aapl-1")) == "aapl-1" and own_ref_of(file_ref(order, "1")) == "1"
+    assert own_ref_of(file_ref(order, None)) is None and own_ref_of(request_ref("r1")) is None
+    assert own_ref_of("") is None and own_ref_of("of-") is None
 
 
 def test_status_changes_are_reported_once():

@@ -33,7 +33,7 @@ def test_good_csv_gives_one_order_per_line_with_line_refs_and_content_refs():
     assert (a.contract.symbol, a.ticket.action, a.ticket.quantity, a.ticket.order_type, a.ticket.lmt_price,
             a.ticket.tif, a.ticket.account) == ("AAPL", "BUY", 100.0, "LMT", 210.5, "DAY", "DU1234567")
     assert a.ticket.order_ref == a.order_ref and a.order_ref != b.order_ref
-    assert all(o.order_ref.startswith("of-") and len(o.order_ref) <= 40 for o in f.orders)
+    assert all(o.order_ref.startswith("of-") and len(o.order_ref) <= 36 for o in f.orders)
     assert f.sha256[:12] not in a.order_ref and "L2" not in a.order_ref       # the file and the line number aside
     assert len(f.sha256) == 64
 
@@ -58,6 +58,18 @@ def test_an_edited_file_keeps_the_refs_of_its_unchanged_orders():
     assert two.orders[0].order_ref != before["AAPL"]
 
 
+def test_an_option_is_the_same_order_however_its_numbers_are_written():
+    """Expiry, strike, right, multiplier and quantity spelled differently (a spreadsheet's '100.0', a JSON float):
+    one order, one ref."""
+    head = "ticker,action,quantity,limit_price,sec_type,expiry,strike,right,multiplier\n"
+    spellings = ["AAPL,BUY,1,4.5,OPT,2026-12-18,230,C,100", "AAPL,BUY,1.0,4.50,OPT,20261218,230.0,CALL,100.0",
+                 "aapl,buy,1,4.5,opt,20261218,230,c,"]
+    refs = {read(head + line + "\n").orders[0].order_ref for line in spellings}
+    as_json = read(json.dumps([{"ticker": "AAPL", "action": "BUY", "quantity": 1, "limit_price": 4.5, "sec_type": "OPT",
+                                "expiry": 20261218, "strike": 230.0, "right": "C", "multiplier": 100.0}]), "o.json")
+    assert len(refs) == 1 and as_json.orders[0].order_ref in refs
+
+
 def test_explicit_refs_tell_identical_orders_apart_and_show_in_the_order_ref():
     """Two identical lines with their own refs are two orders (distinct orderRefs ending in the ref); the same order
     with and without a ref are not the same order."""
@@ -68,7 +80,7 @@ def test_explicit_refs_tell_identical_orders_apart_and_show_in_the_order_ref():
     plain = read("ticker,action,quantity,limit_price\nAAPL,BUY,10,150\n").orders[0]
     assert plain.order_ref not in (a.order_ref, b.order_ref)
     odd = read("ticker,action,quantity,limit_price,ref\nAAPL,BUY,10,150,a b/c\n").orders[0]
-    assert odd.order_ref.startswith("of-") and len(odd.order_ref) <= 40 and " " not in odd.order_ref
+    assert odd.order_ref.startswith("of-") and len(odd.order_ref) <= 36 and " " not in odd.order_ref
 
 
 def test_header_names_are_case_and_spacing_tolerant_and_unknown_columns_warn():

@@ -239,13 +239,15 @@ async def test_a_reused_ref_on_a_changed_line_is_flagged_as_a_new_order(tmp_path
     """A line keeps its ref but asks for something else (a new price): it is a new order, and the preview says that
     the ref was placed before as another order, so the trader sees that the first one still stands."""
     async with simulator() as sim:
-        await run_file(sim, tmp_path, CSV, yes=True, interactive=False)
-        edited = CSV.replace("AAPL,BUY,10,150,a1", "AAPL,BUY,10,151,a1")
+        await run_file(sim, tmp_path, CSV + "JNPR,BUY,1,39,x-1\n", yes=True, interactive=False)
+        edited = CSV.replace("AAPL,BUY,10,150,a1", "AAPL,BUY,10,151,a1") + "TSLA,BUY,1,250,1\n"
         code, lines, res = await run_file(sim, tmp_path, edited, dry_run=True, interactive=False)
         table = "\n".join(lines)
         row = [x for x in table.splitlines() if x.lstrip().startswith("line 2")]
         assert code == EXIT_OK and row and "ref a1 was placed before as another order" in row[0], table
         assert len([o for o in sim_orders(sim) if o.instrument.symbol == "AAPL"]) == 1
+        tsla = [x for x in table.splitlines() if x.lstrip().startswith("line 5")]
+        assert tsla and "placed before" not in tsla[0], table          # ref '1' is not ref 'x-1'
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):

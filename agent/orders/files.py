@@ -48,7 +48,13 @@ def order_identity(contract: Contract, t: OrderTicket) -> str:
     CSV, its one managed account written out) gives the same text; any change of what goes to TWS changes it."""
     def num(x: Any) -> float | None:
         return None if x is None else float(x)
-    return json.dumps([list(contract.key), contract.multiplier, t.action, float(t.quantity), t.order_type,
+
+    def multiplier(m: str) -> str:                       # "100", "100.0" and 100.0 are one multiplier
+        try:
+            return f"{float(m):g}"
+        except ValueError:
+            return m
+    return json.dumps([list(contract.key), multiplier(contract.multiplier), t.action, float(t.quantity), t.order_type,
                        num(t.lmt_price), num(t.aux_price), num(t.trail_stop_price), num(t.trailing_percent),
                        num(t.lmt_price_offset), t.tif, bool(t.outside_rth), t.account.upper(), t.open_close],
                       separators=(",", ":"))
@@ -157,7 +163,7 @@ def read_order_file(data: bytes, name: str, *, today: _dt.date, accounts: Sequen
         ("json" if text.lstrip()[:1] in ("[", "{") else "csv")
     out.format = fmt
     refs: dict[str, str] = {}
-    seen: dict[tuple, tuple[str, bool]] = {}
+    seen: dict[str, tuple[str, bool]] = {}
     for label, default_ref, row in _rows(text, fmt, out):
         problems: list[str] = []
         raw_ref = row.pop("ref", None)

@@ -40,3 +40,11 @@ def file_ref(order: str, own_ref: str | None) -> str:
 def ref_tail(own_ref: str) -> str:
     """How a line's own ref ends its orderRef: itself when it is a short plain word, else 12 hex of its hash."""
     return own_ref if _PLAIN.fullmatch(own_ref) else _digest(own_ref)[:12]
+
+
+def own_ref_of(order_ref: str) -> str | None:
+    """The own-ref part of an order-file orderRef (as ``ref_tail`` wrote it, dashes and all), else None."""
+    if not order_ref.startswith(FILE_PREFIX):
+        return None
+    parts = order_ref[len(FILE_PREFIX):].split("-", 1)       # the digest holds no dash
+    return parts[1] if len(parts) == 2 and parts[1] else None

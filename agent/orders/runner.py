@@ -14,8 +14,8 @@ on the laptop where TWS is logged in).
    ``--dry-run`` stops here.
 4. Confirm: "Place 3 orders on paper account DU…? [y/N]" (``--yes`` answers yes; with no terminal and no ``--yes``
    it refuses). A live account also needs ALLOW_LIVE_ORDERS=true and the account id typed in, every time.
-5. Place, one at a time (paced), each waiting for its status; a line placed already (this file, any earlier run)
-   is reported, not placed again. A summary table, and ``<file>.results.json``, rewritten after every order.
+5. Place, one at a time (paced), each waiting for its status; a line whose order is placed already (by any run of
+   any order file: the ref is the order's, agent/orders/refs.py) is reported, not placed again. A summary table, and ``<file>.results.json``, rewritten after every order.
 Exit: 0 every order placed (or placed already), 1 any rejected / unknown / not placed, 2 bad file or usage.
 """
 
@@ -32,7 +32,7 @@ from agent.exchange_time import new_york_today
 from agent.orders.desk import OrderDesk, Placement
 from agent.orders.fetch import FetchError, Fetched, fetch
 from agent.orders.files import FileOrder, OrderFile, read_order_file
-from agent.orders.refs import FILE_PREFIX, ref_tail
+from agent.orders.refs import own_ref_of, ref_tail
 from agent.orders.report import LineResult, Preview, counts, now, preview_table, summary_table, write_results
 from agent.tws.connect import accounts_are_paper
 
@@ -55,9 +55,8 @@ def _similar(book_entry: Any, o: FileOrder) -> bool:
 
 
 def _same_own_ref(order_ref: str, o: FileOrder) -> bool:
-    """Does ``order_ref`` (another order's) end in this line's own ref, from an order file?"""
-    return order_ref != o.order_ref and order_ref.startswith(FILE_PREFIX) and \
-        order_ref.endswith(f"-{ref_tail(o.ref)}")
+    """Is ``order_ref`` another order-file order's with this line's own ref?"""
+    return order_ref != o.order_ref and own_ref_of(order_ref) == ref_tail(o.ref)
 
 
 class OrderFileRun:
