@@ -28,7 +28,7 @@ from agent.errors import AgentError, IBDisconnected, IBError
 from agent.pacer import current_flow
 from agent.protocol import (MAX_REQUEST_ID, EmptyPayload, FrameRejected, Payload, ReconnectPayload, RequestFrame,
                             TimeoutPayload, answerable_id, contract_dict, decode_frame, describe_validation_error,
-                            response_error, response_ok, sniff_request_id)
+                            refusal, response_error, response_ok, sniff_request_id)
 
 log = logging.getLogger("agent.dispatch")
 
@@ -153,11 +153,7 @@ class Dispatcher:
             try:
                 obj = decode_frame(console.redact_frame(raw, self._secrets()))
             except FrameRejected as e:
-                if not answerable_id(e.request_id, self._secrets()):
-                    log.warning("Ignored a relay frame: %s", e.reason)
-                    return None
-                log.warning("Malformed request %s: %s", echo(e.request_id), e.reason)
-                return self._error(e.request_id, f"Malformed request: {e.reason}")
+                return refusal(e, self._secrets(), log)
         else:
             obj = raw
         if not isinstance(obj, dict):

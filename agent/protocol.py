@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import re
 from typing import Any, Literal
@@ -81,6 +82,16 @@ def answerable_id(rid: Any, secrets: list[str] | tuple[str, ...] = ()) -> bool:
     if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_REQUEST_ID:
         return False
     return not any(s and len(s) >= 4 and s in rid for s in secrets)
+
+
+def refusal(e: FrameRejected, secrets: list[str] | tuple[str, ...], log: logging.Logger) -> dict | None:
+    """The answer to a frame refused before parsing, and its log line on ``log``: success:false under its
+    request_id when one could be read and may be answered (``answerable_id``), else None (nobody to answer)."""
+    if not answerable_id(e.request_id, secrets):
+        log.warning("Ignored a relay frame: %s", e.reason)
+        return None
+    log.warning("Malformed request %s: %s", echo(e.request_id), e.reason)
+    return response_error(e.request_id, f"Malformed request: {e.reason}")
 
 
 def decode_frame(raw: str | bytes) -> Any:

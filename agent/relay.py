@@ -37,7 +37,7 @@ from agent.echo import clip, echo
 from agent.errors import RelayAuthFailed
 from agent.protocol import (MAX_FRAME_BYTES, FrameRejected, _clean, account_event_frame, accounts_frame,
                             answerable_id, auth_frame, boot_phase_frame, decode_frame, heartbeat_frame,
-                            response_error)
+                            refusal, response_error)
 from agent.retry import Wait, fault_of, reconnect_wait, reconnecting
 from agent.settings import is_loopback
 
@@ -355,12 +355,9 @@ class RelayClient:
                 frame = decode_frame(raw)
             except FrameRejected as e:
                 # Bounded before parsing: a frame of 1,000 nested brackets no longer ends the process.
-                if not answerable_id(e.request_id, secrets):
-                    log.warning("Ignored a relay frame: %s", e.reason)
-                else:
-                    log.warning("Malformed request %s: %s", echo(e.request_id), e.reason)
-                    self._track(self._reply(ws, response_error(e.request_id, f"Malformed request: {e.reason}")),
-                                "request-malformed")
+                answer = refusal(e, secrets, log)
+                if answer is not None:
+                    self._track(self._reply(ws, answer), "request-malformed")
                 continue
             kind = frame.get("type") if isinstance(frame, dict) else None
             if kind == "request":
