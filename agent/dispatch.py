@@ -29,6 +29,7 @@ from agent.pacer import current_flow
 from agent.protocol import (MAX_REQUEST_ID, EmptyPayload, FrameRejected, Payload, ReconnectPayload, RequestFrame,
                             TimeoutPayload, answerable_id, contract_dict, decode_frame, describe_validation_error,
                             refusal, response_error, response_ok, sniff_request_id)
+from agent.settings import secrets_of
 
 log = logging.getLogger("agent.dispatch")
 
@@ -121,11 +122,7 @@ class Dispatcher:
         return sorted(self.routes)
 
     def _secrets(self) -> list[str]:
-        s = self.ctx.settings
-        try:
-            return s.secrets() if s is not None else []
-        except AttributeError:
-            return []
+        return secrets_of(self.ctx.settings)
 
     def _error(self, rid: str, text: str, code: int | None = None) -> dict:
         """A success:false answer; the key never rides back, even when the input carried it."""

@@ -39,7 +39,7 @@ from agent.protocol import (MAX_FRAME_BYTES, FrameRejected, _clean, account_even
                             answerable_id, auth_frame, boot_phase_frame, decode_frame, heartbeat_frame,
                             refusal, response_error)
 from agent.retry import Wait, fault_of, reconnect_wait, reconnecting
-from agent.settings import is_loopback
+from agent.settings import is_loopback, secrets_of
 
 log = logging.getLogger("agent.relay")
 _CONNECT_PARAMS = set(inspect.signature(connect.__init__).parameters)
@@ -397,10 +397,7 @@ class RelayClient:
             log.info("answer to %s lost: the relay connection closed", echo(response.get("request_id")))
 
     def _secrets(self) -> list[str]:
-        try:
-            return list(self.settings.secrets())
-        except AttributeError:
-            return []
+        return secrets_of(self.settings)
 
     async def _serve(self, ws, frame: dict) -> None:
         try:

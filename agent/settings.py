@@ -17,7 +17,7 @@ import ipaddress
 import math
 import os
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -137,6 +137,14 @@ class Settings(BaseModel):
 
 
 # --- parsing one value -------------------------------------------------------------------------
+
+def secrets_of(settings: Any) -> list[str]:
+    """``settings.secrets()``, or none for a stand-in without that method (tests' fakes, None)."""
+    try:
+        return list(settings.secrets())
+    except AttributeError:
+        return []
+
 
 def _int(name: str, raw: str, lo: int, hi: int, fix: str) -> int:
     try:
