@@ -267,3 +267,24 @@ def test_garbage_frames_never_raise(rtype, payload, rid):
     assert r["type"] == "response" and r["request_id"] == rid and isinstance(r["success"], bool)
     assert (r["error"] is None) == r["success"]
     json.dumps(r, allow_nan=False)
+
+
+@pytest.mark.parametrize("raw, rid", [
+    ({"request_id": "r1"}, "r1"), ('{"request_id": "r2", [[[', "r2"), (b'{"request_id": "r3"}', "r3"),
+    ({"request_id": "x" * 201}, None), ({"request_id": "  "}, None), ({"request_id": 5}, None),
+    ('{"request_id": "k-%s"}' % KEY, None), (42, None)], ids=["dict", "text", "bytes", "long-id", "blank-id",
+                                                              "number-id", "id-with-key", "not-a-frame"])
+async def test_a_dispatcher_bug_is_answered_under_an_answerable_id_only(raw, rid):
+    """The last line of defence: the dispatcher failing on a frame answers 'internal agent error' under its
+    request_id when that is a short, non-blank string without the key (read from the dict or the raw text), and
+    answers nothing otherwise; it never raises."""
+    d = make()
+
+    async def bug(raw):
+        raise RuntimeError("bug")
+    d._handle = bug
+    r = await d.handle(raw)
+    if rid is None:
+        assert r is None
+    else:
+        assert r["request_id"] == rid and r["success"] is False and "internal agent error" in r["error"]
