@@ -291,18 +291,17 @@ async def ib_reconnect(ctx: AgentContext, p: ReconnectPayload) -> dict:
             "message": message, "ok": connected}
 
 
-def _readable_id(raw: Any) -> str | None:
-    """The request_id to answer when the dispatcher itself failed: only one that is a short, non-empty string."""
+def _readable_id(raw: Any) -> Any:
+    """The request_id of a frame the dispatcher itself failed on, as found (the caller answers under it only when
+    ``answerable_id`` agrees: a short, non-blank string without the key)."""
     if isinstance(raw, dict):
-        rid = raw.get("request_id")
-    elif isinstance(raw, (str, bytes, bytearray)):
+        return raw.get("request_id")
+    if isinstance(raw, (str, bytes, bytearray)):
         try:
-            rid = sniff_request_id(raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "replace"))
-        except Exception:  # noqa: BLE001
-            rid = None
-    else:
-        rid = None
-    return rid if isinstance(rid, str) and rid.strip() and len(rid) <= MAX_REQUEST_ID else None
+            return sniff_request_id(raw if isinstance(raw, str) else bytes(raw).decode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001 - the last line of defence must not fail itself
+            return None
+    return None
 
 
 async def get_positions(ctx: AgentContext, p: TimeoutPayload) -> dict:
