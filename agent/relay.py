@@ -359,7 +359,10 @@ class RelayClient:
                 if answer is not None:
                     self._track(self._reply(ws, answer), "request-malformed")
                 continue
-            kind = frame.get("type") if isinstance(frame, dict) else None
+            if not isinstance(frame, dict):
+                log.warning("Ignored a relay frame that is not a JSON object: %s", echo(frame))
+                continue
+            kind = frame.get("type")
             if kind == "request":
                 if len(self._inflight) >= self.max_in_flight:
                     self._busy(ws, frame)

@@ -105,6 +105,19 @@ async def test_deep_frames_do_not_stop_the_agent():
         assert client.sessions == 1 and relay.providers_seen == 1
 
 
+async def test_json_that_is_not_an_object_is_logged_as_a_warning(caplog):
+    """Valid JSON that is not an object (an array, a number, a string) has nobody to answer: a warning says it was
+    ignored (it was a DEBUG line 'relay frame of type None ignored', in the file log only), and the agent serves on."""
+    caplog.set_level(logging.INFO, logger="agent")
+    async with ReferenceRelay(api_key=KEY, port=0) as relay, agent_at(relay):
+        for raw in ("[1, 2, 3]", "42", '"request"'):
+            await relay.request_raw(raw)
+        assert (await relay.request("ib_status", timeout=5))["success"] is True
+    ignored = [r for r in caplog.records if "not a JSON object" in r.getMessage()]
+    assert [r.levelno for r in ignored] == [logging.WARNING] * 3, caplog.text
+    assert "[1, 2, 3]" in ignored[0].getMessage()
+
+
 # --- item 2: a lone surrogate broke logging ---------------------------------------------------------
 
 async def test_lone_surrogate_request_id_is_served_and_logged(tmp_path, capsys):
