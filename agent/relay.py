@@ -86,6 +86,16 @@ class SessionEnded(WebSocketException):
         self.reason = reason
 
 
+def _debug_fault(fault: BaseException | None, reason: str, quiet: type[BaseException]) -> None:
+    """The file log's line for a session's end: one line for a network fault or ``quiet``, else the traceback."""
+    if fault is None:
+        return
+    if isinstance(fault, NETWORK_FAULTS + (quiet,)):
+        log.debug("relay session ended: %s: %s", type(fault).__name__, reason)
+    else:
+        log.debug("relay session ended", exc_info=fault)    # not the network: keep the traceback
+
+
 def describe_fault(exc: BaseException) -> str:
     """A connection fault in words for the console."""
     if isinstance(exc, RelayAuthFailed):
@@ -225,10 +235,7 @@ class RelayClient:
             log.warning(console.relay_lost(reason, delay))
         else:
             log.warning("Relay not reachable at %s (%s), retrying in %s", self.url, reason, console.seconds(delay))
-        if fault is not None and not isinstance(fault, NETWORK_FAULTS + (SessionEnded,)):
-            log.debug("relay session ended", exc_info=fault)    # not the network: keep the traceback
-        elif fault is not None:
-            log.debug("relay session ended: %s: %s", type(fault).__name__, reason)
+        _debug_fault(fault, reason, SessionEnded)
 
     def _auth_guidance(self, e: RelayAuthFailed) -> None:
         retry_min = self.auth_fail_delay / 60
@@ -276,10 +283,7 @@ class RelayClient:
             raise SessionEnded(reason)      # up only briefly: wait (and grow the delay) before the next try
         if not isinstance(fault, RelaySilent):
             log.warning(console.relay_lost(reason))
-        if fault is not None and not isinstance(fault, NETWORK_FAULTS + (RelaySilent,)):
-            log.debug("relay session ended", exc_info=fault)
-        elif fault is not None:
-            log.debug("relay session ended: %s: %s", type(fault).__name__, reason)
+        _debug_fault(fault, reason, RelaySilent)
 
     async def _serve_session(self, ws) -> None:
         """An authenticated connection: boot phases, accounts, state, then the session tasks until it ends."""
