@@ -171,6 +171,23 @@ async def test_relay_unreachable(tmp_path):
     assert r.status == FAIL and "WebSocket connection failed" in r.detail
 
 
+@pytest.mark.parametrize("answer", ["[1, 2]", "42", '"auth_response"', "null"])
+async def test_relay_answering_json_that_is_not_an_object(tmp_path, answer):
+    """Something at RELAY_URL that answers the auth message with JSON that is not an object: step 7 says the relay
+    did not answer as expected (it raised AttributeError, reported as 'the check itself failed')."""
+    from websockets.asyncio.server import serve
+
+    async def answer_once(ws):
+        await ws.recv()
+        await ws.send(answer)
+
+    async with serve(answer_once, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        settings = settings_for(tmp_path, IB_PORT=closed_port(), RELAY_URL=f"ws://127.0.0.1:{port}/ws/data-provider")
+        r = await doctor.check_relay(settings, FAST.relay)
+    assert r.status == FAIL and "did not answer the auth message as expected" in r.detail
+
+
 # --- against the TWS simulator -------------------------------------------------------------------
 
 async def test_all_pass_exits_zero(tmp_path, relay, make_sim):

@@ -55,6 +55,8 @@ async def check_relay(settings: Any, timeout: float, version: str = CHECK_VERSIO
         msg = json.loads(raw)
     except (TypeError, ValueError):
         msg = {}
+    if not isinstance(msg, dict):
+        msg = {}        # JSON, but not the auth_response object: "did not answer as expected" below
     if msg.get("type") == "auth_response" and msg.get("success") is True:
         r.status = OK
         r.detail = f"authenticated at {url} (provider id {msg.get('provider_id') or '?'})"
