@@ -377,6 +377,10 @@ class RelayClient:
                 await asyncio.sleep(0)
             elif kind in ("heartbeat_ack", "auth_response", "pong"):
                 continue
+            elif frame.get("request_id") is not None:
+                # Not served (perhaps a relay message this agent does not know), but someone may wait on that id.
+                log.warning("Ignored a relay frame of type %s with request_id %s: only type 'request' is served",
+                            echo(kind), echo(frame.get("request_id")))
             else:
                 log.debug("relay frame of type %s ignored", echo(kind))
         # the iterator ends on a normal close: the session is over

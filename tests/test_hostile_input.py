@@ -118,6 +118,22 @@ async def test_json_that_is_not_an_object_is_logged_as_a_warning(caplog):
     assert "[1, 2, 3]" in ignored[0].getMessage()
 
 
+async def test_a_frame_with_a_request_id_but_no_request_type_is_logged_as_a_warning(caplog):
+    """A frame carrying a request_id but whose type is missing or not 'request' is not served (it may be a relay
+    message this agent does not know), but the relay may be waiting on that id: a warning names the type and the id,
+    where it was a DEBUG line in the file log only. Frames without a request_id stay quiet."""
+    caplog.set_level(logging.INFO, logger="agent")
+    async with ReferenceRelay(api_key=KEY, port=0) as relay, agent_at(relay):
+        for raw in ('{"request_id": "r-no-type", "request_type": "ib_status"}',
+                    '{"type": "requets", "request_id": "r-typo", "request_type": "ib_status"}',
+                    '{"type": "notice"}'):
+            await relay.request_raw(raw)
+        assert (await relay.request("ib_status", timeout=5))["success"] is True
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "request_id" in r.getMessage()]
+    assert len(warned) == 2 and "r-no-type" in warned[0] and "'requets'" in warned[1] and "r-typo" in warned[1], warned
+    assert not any("notice" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
 # --- item 2: a lone surrogate broke logging ---------------------------------------------------------
 
 async def test_lone_surrogate_request_id_is_served_and_logged(tmp_path, capsys):
