@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent.orders.validation import FILE_FIELDS, RELAY_FIELDS, check_order, relay_order_fields
+from agent.orders.validation import (FILE_FIELDS, RELAY_FIELDS, check_order, relay_order_fields,
+                                     unsupported_relay_fields)
 
 TODAY = dt.date(2026, 12, 1)
 ACCOUNTS = ["DU1234567"]
@@ -191,6 +192,20 @@ def test_relay_payload_fields_map_to_the_checker():
     chk = check_order(contract, order, today=TODAY, accounts=ACCOUNTS)
     assert chk.ok and chk.ticket.what_if and chk.ticket.order_ref == "r1" and chk.contract.strike == 230.0
 
+
+def test_a_relay_field_the_agent_does_not_place_is_refused_by_name_unless_empty():
+    """An unknown contract/order key holding a value (a bracket child's parentId, a goodTillDate, 'TIF' for tif)
+    would be left out of the order: one sentence naming it. Empty values and IB's unset sentinels pass."""
+    problems = unsupported_relay_fields(
+        {"symbol": "SPY", "includeExpired": True},
+        {"action": "SELL", "totalQuantity": 5, "orderType": "STP", "auxPrice": 90, "parentId": 12,
+         "goodTillDate": "20300101 10:00:00", "TIF": "GTC", "ocaGroup": "", "hidden": False, "displaySize": 0,
+         "minQty": 2147483647, "percentOffset": 1.7976931348623157e308, "algoParams": [], "x" * 500: None})
+    assert [p.split()[0] for p in problems] == ["contract.includeExpired", "order.parentId", "order.goodTillDate",
+                                                "order.TIF"]
+    assert "(got 12)" in problems[1] and all("left out" in p for p in problems)
+    assert unsupported_relay_fields({"symbol": "SPY", "secType": "STK"}, {"action": "BUY", "lmtPrice": 1}) == []
+    assert unsupported_relay_fields({}, {"y" * 500: 1})[0].startswith("order.'yyy")      # a long key is cut
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(["symbol", "sec_type", "expiry", "strike", "right", "exchange", "currency",
