@@ -153,6 +153,14 @@ def test_symbol_or_con_id_is_required():
     """A contract without symbol or conId is refused."""
     assert one_problem(check(contract={"symbol": ""})).startswith("contract.symbol")
     assert check(contract={"symbol": "", "con_id": 265598}).ok
+    assert one_problem(check(contract={"symbol": "", "con_id": 0})).startswith("contract.symbol")
+
+
+@pytest.mark.parametrize("fields", [RELAY_FIELDS, FILE_FIELDS])
+def test_a_bad_con_id_without_symbol_is_one_problem_under_either_naming(fields):
+    """A conId given but not a whole number: one sentence naming it, not also 'symbol is required', whatever the
+    field names (the relay's contract.conId as an order file's con_id)."""
+    assert one_problem(check(contract={"symbol": "", "con_id": -5}, fields=fields)).startswith(fields["con_id"])
 
 
 def test_order_ref_is_bounded_and_printable():

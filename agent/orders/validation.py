@@ -213,14 +213,14 @@ def _check_contract(c: _Checker, raw: Mapping[str, Any], today: _dt.date) -> Con
         return None
     sec_type = c.choice("sec_type", sec_type_raw, SEC_TYPES, default="STK")
     symbol = c.text("symbol", raw.get("symbol"), limit=20)
-    con_id = 0
+    con_id, n_before = 0, len(c.problems)
     if not c._missing(raw.get("con_id")):
         x = c.number("con_id", raw.get("con_id"), positive=False)
         if x is not None and (x < 0 or x != int(x)):
             c.bad("con_id", f"must be a whole number (got {shown(raw.get('con_id'))})")
         elif x is not None:
             con_id = int(x)
-    if symbol == "" and not con_id and "con_id" not in {p.split()[0] for p in c.problems[n0:]}:
+    if symbol == "" and not con_id and len(c.problems) == n_before:        # no conId, rather than a bad one
         c.bad("symbol", "is required (or a conId)")
     currency = c.text("currency", raw.get("currency"), default="USD", limit=3)
     if currency and (len(currency) != 3 or not currency.isalpha()):
