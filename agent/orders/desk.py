@@ -365,9 +365,7 @@ class OrderDesk(BookKeeper):
         deadline = self._deadline(self.cancel_confirm)
         entry = await self._own_entry(order_id, deadline, what)
         if entry.status == "Filled":
-            log.info("Cancel too late: order %d (%s) is %s", order_id, self._of(entry), state_phrase(entry))
-            return {"ok": False, "orderId": order_id, "status": "Filled",
-                    "message": f"Order {order_id} filled before it could be cancelled: {state_phrase(entry)}."}
+            return self._cancel_too_late(entry)
         if entry.final:
             return {"ok": True, "orderId": order_id, "status": entry.status or "Cancelled",
                     "message": f"Order {order_id} was already {state_phrase(entry)}."}
@@ -378,9 +376,7 @@ class OrderDesk(BookKeeper):
                 log.info("Order cancelled: order %d (%s): %s", order_id, self._of(entry), state_phrase(entry))
                 return {"ok": True, "orderId": order_id, "status": entry.status}
             if entry.status == "Filled":
-                log.info("Cancel too late: order %d (%s) is %s", order_id, self._of(entry), state_phrase(entry))
-                return {"ok": False, "orderId": order_id, "status": "Filled",
-                        "message": f"Order {order_id} filled before it could be cancelled: {state_phrase(entry)}."}
+                return self._cancel_too_late(entry)
             refusals = [m for m in entry.messages[n_messages:] if m.code not in (202, 399)]
             if refusals and entry.status not in ("PendingCancel",):
                 m = refusals[-1]
@@ -394,6 +390,12 @@ class OrderDesk(BookKeeper):
                         "warning": (f"TWS did not confirm the cancel of order {order_id} within "
                                     f"{self.cancel_confirm:g} s: check the order in TWS.")}
             await self._wait_change(left)
+
+    def _cancel_too_late(self, entry: BookEntry) -> dict:
+        """The cancel's answer for an order that filled first (before it was sent, or while it was on its way)."""
+        log.info("Cancel too late: order %d (%s) is %s", entry.order_id, self._of(entry), state_phrase(entry))
+        return {"ok": False, "orderId": entry.order_id, "status": "Filled",
+                "message": f"Order {entry.order_id} filled before it could be cancelled: {state_phrase(entry)}."}
 
     # ------------------------------------------------------------------ the book
     async def open_orders(self, timeout: float, force_refresh: bool = False) -> dict:
