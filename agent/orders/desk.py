@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 from agent.errors import IBDisconnected, OrderRefused, RequestTimeout
 from agent.exchange_time import new_york_today
 from agent.orders.answers import open_order_row, placement_answer, state_phrase, what_if_answer
-from agent.orders.book import FINAL, BookEntry
+from agent.orders.book import FINAL, ORDER_GOES_ON, BookEntry
 from agent.orders.keeper import SYNC_TIMEOUT, BookKeeper
 from agent.orders.sentences import (cancel_refusal_sentence, modify_refusal_sentence, read_only_sentence,
                                     rejection_sentence)
@@ -40,7 +40,7 @@ FILL_GRACE = 0.5           # after Submitted, how long to wait for a fill (a mar
 CANCEL_CONFIRM = 8.0       # the relay waits 10 s for a cancel; the dispatcher answers by 9 s
 STOP_WAIT = 3.0            # Ctrl+C: how long orders in flight may wait for TWS's answer
 CANCEL_STATES = ("Cancelled", "ApiCancelled")
-MODIFY_REFUSALS_IGNORED = (399, 404, 2109)      # warnings that do not refuse a change
+MODIFY_REFUSALS_IGNORED = ORDER_GOES_ON          # warnings that do not refuse a change
 
 
 @dataclass
