@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent.orders.validation import FILE_FIELDS, RELAY_FIELDS, check_order, relay_order_fields
+from agent.orders.validation import (FILE_FIELDS, RELAY_FIELDS, check_order, relay_order_fields,
+                                     unsupported_relay_fields)
 
 TODAY = dt.date(2026, 12, 1)
 ACCOUNTS = ["DU1234567"]
@@ -152,6 +153,14 @@ def test_symbol_or_con_id_is_required():
     """A contract without symbol or conId is refused."""
     assert one_problem(check(contract={"symbol": ""})).startswith("contract.symbol")
     assert check(contract={"symbol": "", "con_id": 265598}).ok
+    assert one_problem(check(contract={"symbol": "", "con_id": 0})).startswith("contract.symbol")
+
+
+@pytest.mark.parametrize("fields", [RELAY_FIELDS, FILE_FIELDS])
+def test_a_bad_con_id_without_symbol_is_one_problem_under_either_naming(fields):
+    """A conId given but not a whole number: one sentence naming it, not also 'symbol is required', whatever the
+    field names (the relay's contract.conId as an order file's con_id)."""
+    assert one_problem(check(contract={"symbol": "", "con_id": -5}, fields=fields)).startswith(fields["con_id"])
 
 
 def test_order_ref_is_bounded_and_printable():
@@ -191,6 +200,20 @@ def test_relay_payload_fields_map_to_the_checker():
     chk = check_order(contract, order, today=TODAY, accounts=ACCOUNTS)
     assert chk.ok and chk.ticket.what_if and chk.ticket.order_ref == "r1" and chk.contract.strike == 230.0
 
+
+def test_a_relay_field_the_agent_does_not_place_is_refused_by_name_unless_empty():
+    """An unknown contract/order key holding a value (a bracket child's parentId, a goodTillDate, 'TIF' for tif)
+    would be left out of the order: one sentence naming it. Empty values and IB's unset sentinels pass."""
+    problems = unsupported_relay_fields(
+        {"symbol": "SPY", "includeExpired": True},
+        {"action": "SELL", "totalQuantity": 5, "orderType": "STP", "auxPrice": 90, "parentId": 12,
+         "goodTillDate": "20300101 10:00:00", "TIF": "GTC", "ocaGroup": "", "hidden": False, "displaySize": 0,
+         "minQty": 2147483647, "percentOffset": 1.7976931348623157e308, "algoParams": [], "x" * 500: None})
+    assert [p.split()[0] for p in problems] == ["contract.includeExpired", "order.parentId", "order.goodTillDate",
+                                                "order.TIF"]
+    assert "(got 12)" in problems[1] and all("left out" in p for p in problems)
+    assert unsupported_relay_fields({"symbol": "SPY", "secType": "STK"}, {"action": "BUY", "lmtPrice": 1}) == []
+    assert unsupported_relay_fields({}, {"y" * 500: 1})[0].startswith("order.'yyy")      # a long key is cut
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(["symbol", "sec_type", "expiry", "strike", "right", "exchange", "currency",

@@ -312,6 +312,26 @@ async def test_stopping_waits_for_an_order_in_flight_and_answers_with_its_state(
             await place(s.desk, SPY, {"action": "BUY", "quantity": 1, "order_type": "MKT"}, ref="after")
 
 
+async def test_tws_dropping_mid_placement_then_the_same_request_again_places_one_order():
+    """TWS takes the order but drops us before confirming it, with an identical request waiting on the first: both
+    answer Unknown (not failed); after the reconnect the same ref again finds the order in TWS's lists: one order."""
+    async with desk_stack() as s:
+        s.sim.withhold_order_status = True
+        order = {"action": "BUY", "quantity": 2, "order_type": "LMT", "lmt_price": 100.0}
+        first = asyncio.create_task(place(s.desk, SPY, order, ref="mid-drop", timeout=30.0))
+        await until(lambda: sim_orders(s.sim, order_ref="mid-drop"))
+        twin = asyncio.create_task(place(s.desk, SPY, order, ref="mid-drop", timeout=30.0))
+        connection = s.bridge.connection_id
+        await s.sim.drop_clients()
+        r1, r2 = await asyncio.wait_for(asyncio.gather(first, twin), 10)
+        assert r1.outcome == "unknown" and "dropped" in r1.message
+        assert r2.entry.order_id == r1.entry.order_id
+        await until(lambda: s.bridge.connected and s.bridge.connection_id != connection and s.desk.synced)
+        again = await place(s.desk, SPY, order, ref="mid-drop")
+        assert again.outcome == "already" and again.entry.order_id == r1.entry.order_id
+        assert len(sim_orders(s.sim, order_ref="mid-drop")) == 1 and len(sim_orders(s.sim)) == 1
+
+
 async def test_an_order_sent_while_tws_is_down_is_refused_as_not_placed():
     """With the connection gone the order is refused at once ('not placed'), nothing left in the book."""
     async with desk_stack() as s:

@@ -69,6 +69,15 @@ async def test_bad_order_gets_every_problem_in_one_answer_and_reaches_nothing():
         assert not a.sim.stats()["orders"]
 
 
+async def test_an_order_field_the_agent_does_not_place_is_refused_not_dropped():
+    """A bracket child (order.parentId) would be placed on its own, working at once, if the field were dropped:
+    refused naming the field; the simulator saw no order."""
+    async with agent_stack() as a:
+        frame = await a.relay.request("place_order", {"contract": SPY, "order": {
+            "action": "SELL", "totalQuantity": 2, "orderType": "STP", "auxPrice": 90.0, "parentId": 12}})
+        assert frame["success"] is False and "order.parentId" in frame["error"]
+        assert "Nothing was sent to TWS" in frame["error"] and not sim_orders(a.sim)
+
 async def test_ib_rejection_carries_its_code_beside_the_sentence():
     """IB's 110 (price increment) comes back success:false with code 110 and a sentence to act on."""
     async with agent_stack() as a:

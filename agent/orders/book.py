@@ -23,14 +23,19 @@ FINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 
 # Errors TWS sends with an order id that leave the order as it was (it stays live, or was never affected).
 # Codes from 2100 up are warnings too; any other code refuses an order TWS has not acknowledged yet.
-ORDER_WARNINGS = frozenset({
+# First, warnings about the order itself (their text is kept as its warningText):
+ORDER_GOES_ON = frozenset({
     399,    # Order Message: a warning (e.g. held until the open); the order goes on
     404,    # held while securities are located (short sale); the order goes on
     2109,   # outside-RTH attribute ignored; the order goes on
+})
+# then answers to a cancel or a change, which say nothing of the order's own terms:
+CANCEL_OR_CHANGE_ANSWERS = frozenset({
     202,    # "Order Canceled - reason:": orderStatus Cancelled says it too
     10147, 10148, 161, 135, 136,    # cancel / lookup of an order that is not there or cannot be cancelled
     104, 105,                       # a modification refused: the order itself stands
 })
+ORDER_WARNINGS = ORDER_GOES_ON | CANCEL_OR_CHANGE_ANSWERS
 
 
 def is_order_warning(code: int) -> bool:
@@ -224,7 +229,7 @@ class OrderBook:
         e.messages.append(msg)
         e.updated = self._clock()
         if is_order_warning(msg.code):
-            if msg.code not in (202, 10147, 10148, 161, 135, 136, 104, 105):
+            if msg.code not in CANCEL_OR_CHANGE_ANSWERS:
                 e.warning_text = msg.message
         elif e.status not in FINAL:
             e.rejected = msg

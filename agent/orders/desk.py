@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 from agent.errors import IBDisconnected, OrderRefused, RequestTimeout
 from agent.exchange_time import new_york_today
 from agent.orders.answers import open_order_row, placement_answer, state_phrase, what_if_answer
-from agent.orders.book import FINAL, BookEntry
+from agent.orders.book import FINAL, ORDER_GOES_ON, BookEntry
 from agent.orders.keeper import SYNC_TIMEOUT, BookKeeper
 from agent.orders.sentences import (cancel_refusal_sentence, modify_refusal_sentence, read_only_sentence,
                                     rejection_sentence)
@@ -40,7 +40,7 @@ FILL_GRACE = 0.5           # after Submitted, how long to wait for a fill (a mar
 CANCEL_CONFIRM = 8.0       # the relay waits 10 s for a cancel; the dispatcher answers by 9 s
 STOP_WAIT = 3.0            # Ctrl+C: how long orders in flight may wait for TWS's answer
 CANCEL_STATES = ("Cancelled", "ApiCancelled")
-MODIFY_REFUSALS_IGNORED = (399, 404, 2109)      # warnings that do not refuse a change
+MODIFY_REFUSALS_IGNORED = ORDER_GOES_ON          # warnings that do not refuse a change
 
 
 @dataclass
@@ -365,9 +365,7 @@ class OrderDesk(BookKeeper):
         deadline = self._deadline(self.cancel_confirm)
         entry = await self._own_entry(order_id, deadline, what)
         if entry.status == "Filled":
-            log.info("Cancel too late: order %d (%s) is %s", order_id, self._of(entry), state_phrase(entry))
-            return {"ok": False, "orderId": order_id, "status": "Filled",
-                    "message": f"Order {order_id} filled before it could be cancelled: {state_phrase(entry)}."}
+            return self._cancel_too_late(entry)
         if entry.final:
             return {"ok": True, "orderId": order_id, "status": entry.status or "Cancelled",
                     "message": f"Order {order_id} was already {state_phrase(entry)}."}
@@ -378,9 +376,7 @@ class OrderDesk(BookKeeper):
                 log.info("Order cancelled: order %d (%s): %s", order_id, self._of(entry), state_phrase(entry))
                 return {"ok": True, "orderId": order_id, "status": entry.status}
             if entry.status == "Filled":
-                log.info("Cancel too late: order %d (%s) is %s", order_id, self._of(entry), state_phrase(entry))
-                return {"ok": False, "orderId": order_id, "status": "Filled",
-                        "message": f"Order {order_id} filled before it could be cancelled: {state_phrase(entry)}."}
+                return self._cancel_too_late(entry)
             refusals = [m for m in entry.messages[n_messages:] if m.code not in (202, 399)]
             if refusals and entry.status not in ("PendingCancel",):
                 m = refusals[-1]
@@ -394,6 +390,12 @@ class OrderDesk(BookKeeper):
                         "warning": (f"TWS did not confirm the cancel of order {order_id} within "
                                     f"{self.cancel_confirm:g} s: check the order in TWS.")}
             await self._wait_change(left)
+
+    def _cancel_too_late(self, entry: BookEntry) -> dict:
+        """The cancel's answer for an order that filled first (before it was sent, or while it was on its way)."""
+        log.info("Cancel too late: order %d (%s) is %s", entry.order_id, self._of(entry), state_phrase(entry))
+        return {"ok": False, "orderId": entry.order_id, "status": "Filled",
+                "message": f"Order {entry.order_id} filled before it could be cancelled: {state_phrase(entry)}."}
 
     # ------------------------------------------------------------------ the book
     async def open_orders(self, timeout: float, force_refresh: bool = False) -> dict:

@@ -12,7 +12,7 @@ from agent.dispatch import AgentContext, Dispatcher
 from agent.errors import IBDisconnected, OrderRefused
 from agent.orders.desk import OrderDesk, Placement
 from agent.orders.refs import request_ref
-from agent.orders.validation import OrderCheck, relay_order_fields, shown
+from agent.orders.validation import OrderCheck, relay_order_fields, shown, unsupported_relay_fields
 from agent.pacer import current_flow
 from agent.protocol import CancelOrderPayload, ModifyOrderPayload, OpenOrdersPayload, PlaceOrderPayload
 
@@ -28,9 +28,10 @@ def _desk(ctx: AgentContext) -> OrderDesk:
 def _checked(desk: OrderDesk, p: PlaceOrderPayload, verb: str) -> OrderCheck:
     contract, order = relay_order_fields(p.contract, p.order)
     chk = desk.check(contract, order)
-    if not chk.ok:
+    problems = unsupported_relay_fields(p.contract, p.order) + chk.problems
+    if problems:
         what = f"{verb} {shown(order.get('action'))} {shown(order.get('quantity'))} {shown(contract.get('symbol'))}"
-        raise desk._refuse(what, "Order refused: " + "; ".join(chk.problems) + ". Nothing was sent to TWS.")
+        raise desk._refuse(what, "Order refused: " + "; ".join(problems) + ". Nothing was sent to TWS.")
     return chk
 
 

@@ -15,7 +15,8 @@ on the laptop where TWS is logged in).
 4. Confirm: "Place 3 orders on paper account DU…? [y/N]" (``--yes`` answers yes; with no terminal and no ``--yes``
    it refuses). A live account also needs ALLOW_LIVE_ORDERS=true and the account id typed in, every time.
 5. Place, one at a time (paced), each waiting for its status; a line whose order is placed already (by any run of
-   any order file: the ref is the order's, agent/orders/refs.py) is reported, not placed again. A summary table, and ``<file>.results.json``, rewritten after every order.
+   any order file: the ref is the order's, agent/orders/refs.py) is reported, not placed again. A summary table,
+   and ``<file>.results.json``, rewritten after every order.
 Exit: 0 every order placed (or placed already), 1 any rejected / unknown / not placed, 2 bad file or usage.
 """
 

@@ -68,6 +68,31 @@ def relay_order_fields(contract: Mapping[str, Any], order: Mapping[str, Any]) ->
     return c, o
 
 
+def _unset(v: Any) -> bool:
+    """No value: null, blank text, false, zero, an empty list or object, or IB's unset sentinels (1.8e308, 2^31-1)."""
+    if v is None or v is False or v == [] or v == {}:
+        return True
+    if isinstance(v, str):
+        return not v.strip()
+    if isinstance(v, (int, float)):
+        return v == 0 or abs(v) >= 1e300 or v == 2**31 - 1
+    return False
+
+
+def unsupported_relay_fields(contract: Mapping[str, Any], order: Mapping[str, Any]) -> list[str]:
+    """A sentence for each key of a relay payload's ``contract`` / ``order`` that the agent does not place but that
+    holds a value (a bracket child's ``parentId``, a ``goodTillDate``, ``TIF`` for ``tif``): left out, the order
+    would not be the one asked for (a stop meant to wait for its parent would work at once)."""
+    out = []
+    for part, obj, known in (("contract", contract, _RELAY_CONTRACT), ("order", order, _RELAY_ORDER)):
+        for k, v in obj.items():
+            if k not in known and not _unset(v):
+                name = k if len(k) <= SHOWN and k.isprintable() else shown(k)
+                out.append(f"{part}.{name} is not a field this agent places (got {shown(v)}): it would be left out "
+                           f"of the order")
+    return out
+
+
 @dataclass
 class OrderCheck:
     problems: list[str] = field(default_factory=list)
@@ -188,14 +213,14 @@ def _check_contract(c: _Checker, raw: Mapping[str, Any], today: _dt.date) -> Con
         return None
     sec_type = c.choice("sec_type", sec_type_raw, SEC_TYPES, default="STK")
     symbol = c.text("symbol", raw.get("symbol"), limit=20)
-    con_id = 0
+    con_id, n_before = 0, len(c.problems)
     if not c._missing(raw.get("con_id")):
         x = c.number("con_id", raw.get("con_id"), positive=False)
         if x is not None and (x < 0 or x != int(x)):
             c.bad("con_id", f"must be a whole number (got {shown(raw.get('con_id'))})")
         elif x is not None:
             con_id = int(x)
-    if symbol == "" and not con_id and "con_id" not in {p.split()[0] for p in c.problems[n0:]}:
+    if symbol == "" and not con_id and len(c.problems) == n_before:        # no conId, rather than a bad one
         c.bad("symbol", "is required (or a conId)")
     currency = c.text("currency", raw.get("currency"), default="USD", limit=3)
     if currency and (len(currency) != 3 or not currency.isalpha()):
