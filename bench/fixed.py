@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import time
 
 from agent.errors import AgentError
 from agent.pacer import Pacer
@@ -88,9 +87,3 @@ class FixedDesign:
                      for k in sell_scan_strikes(strikes, spot, ntm_pct)]
         await self.batch(contracts)
         return len(contracts)
-
-
-async def timed(coro) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = await coro
-    return time.perf_counter() - t0, out

@@ -3,14 +3,12 @@ read-only, manual orders, and the errors TWS 10 gives."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from ibapi.order import Order
 
 from sim.tws.probe import option, stock
 
-from sim_probe import connected, is_tick, order, run
+from sim_probe import connected, is_tick, order, run, until
 
 
 # ---- orders -----------------------------------------------------------------------------------------------
@@ -201,10 +199,7 @@ async def test_withheld_order_status_hides_a_working_order_from_its_client(sim):
         p.client.placeOrder(58, stock("SPY"), order("BUY", 10, "LMT", 100.0, ref="hidden"))
         p.client.reqCurrentTime()
         await run(p.wait, "currentTime")
-        for _ in range(50):
-            if sim.broker.orders.get((p.client_id, 58)) and sim.broker.orders[(p.client_id, 58)].status == "Submitted":
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: getattr(sim.broker.orders.get((p.client_id, 58)), "status", None) == "Submitted")
         assert sim.broker.orders[(p.client_id, 58)].status == "Submitted"
         assert not [e for e in p.history if e.name in ("openOrder", "orderStatus")]
         p.client.reqAllOpenOrders()

@@ -54,16 +54,15 @@ class HttpSide:
 
     async def _ib_status_handler(self, request: web.Request) -> web.Response:
         provider = self._provider
-        connected = self.provider_connected and provider is not None
-        if connected and provider.agent_state is None:  # type: ignore[union-attr]
+        if provider is None:
+            return web.json_response(routes.ib_status_from_state(None, provider_connected=False, provider_id=None,
+                                                                 agent_version=None, state_ts=None))
+        if provider.agent_state is None:
             # No agent_state yet (an agent that never sends one): ask it directly.
             return await self._relay_http("ib_status", {"_priority": routes.PRIORITY["ib_status"]})
         return web.json_response(routes.ib_status_from_state(
-            provider.agent_state if connected and provider else None, provider_connected=connected,
-            provider_id=provider.provider_id if connected and provider else None,
-            agent_version=provider.version if connected and provider else None,
-            state_ts=provider.agent_state_ts if connected and provider else None,
-            boot_phase=provider.boot_phase if connected and provider else None))
+            provider.agent_state, provider_connected=True, provider_id=provider.provider_id,
+            agent_version=provider.version, state_ts=provider.agent_state_ts, boot_phase=provider.boot_phase))
 
     async def _ib_reconnect_handler(self, request: web.Request) -> web.Response:
         """The web app's "Reconnect IB": {force} in, {success, connected, message} out (from the agent's data)."""

@@ -50,9 +50,15 @@ class _Provider:
     gone: bool = False
     silenced: asyncio.Event | None = None    # set by silence(): the relay stops reading and answering it
 
-    async def send(self, frame: dict) -> None:
+    async def send(self, frame: dict | str | bytes) -> None:
+        """A frame (a dict, sent as JSON; text or bytes, sent as given), one at a time."""
         async with self.send_lock:
-            await self.ws.send_str(json.dumps(frame))
+            if isinstance(frame, dict):
+                await self.ws.send_str(json.dumps(frame))
+            elif isinstance(frame, str):
+                await self.ws.send_str(frame)
+            else:
+                await self.ws.send_bytes(bytes(frame))
 
 
 class ReferenceRelay(HttpSide):
@@ -245,60 +251,49 @@ class ReferenceRelay(HttpSide):
         Raises NoProvider, RequestTimeout (after ``timeout`` or the relay's own wait × timeout_scale) or
         ProviderDisconnected. Adds ``_max_batch_size`` when the relay has one set.
         """
-        provider = self._provider
-        if provider is None or provider.gone:
-            raise NoProvider()
         body = dict(payload or {})
         if self.max_batch_size is not None:
             body.setdefault("_max_batch_size", self.max_batch_size)
         rid = request_id or str(uuid.uuid4())
         wait = routes.request_timeout(request_type, body, self.timeout_scale) if timeout is None else timeout
         frame = {"type": "request", "request_id": rid, "request_type": request_type, "payload": body}
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        provider.pending[rid] = fut  # register before sending: a fast answer must find its waiter
-        try:
-            try:
-                await provider.send(frame)
-            except (ConnectionError, RuntimeError) as exc:
-                raise ProviderDisconnected(f"Provider disconnected ({exc})") from exc
-            self.requests_sent.append(frame)
-            try:
-                return await asyncio.wait_for(fut, wait)
-            except asyncio.TimeoutError:
-                raise RequestTimeout(request_type, rid, wait) from None
-        finally:
-            provider.pending.pop(rid, None)
+        return await self._exchange(frame, rid, wait, request_type,
+                                    sent=lambda: self.requests_sent.append(frame))
 
     async def request_raw(self, data: str | bytes, request_id: str | None = None,
                           timeout: float = 15.0) -> dict | None:
         """Send ``data`` to the routed agent exactly as given (any text or bytes: a fuzzer's or an attacker's
         frame) and, when ``request_id`` is given, return the agent's response to that id (RequestTimeout when
         none comes within ``timeout``). Without request_id, returns None once sent."""
+        return await self._exchange(data, request_id, timeout, "raw frame")
+
+    async def _exchange(self, data: dict | str | bytes, rid: str | None, wait: float, label: str,
+                        sent: Callable[[], None] | None = None) -> dict | None:
+        """Send ``data`` to the routed agent and wait up to ``wait`` s for its response to ``rid`` (none waited
+        for without one). NoProvider, ProviderDisconnected, RequestTimeout (naming ``label``)."""
         provider = self._provider
         if provider is None:
             raise NoProvider()
         fut: asyncio.Future | None = None
-        if request_id is not None:
+        if rid is not None:
             fut = asyncio.get_running_loop().create_future()
-            provider.pending[request_id] = fut
+            provider.pending[rid] = fut  # register before sending: a fast answer must find its waiter
         try:
-            async with provider.send_lock:
-                try:
-                    if isinstance(data, str):
-                        await provider.ws.send_str(data)
-                    else:
-                        await provider.ws.send_bytes(bytes(data))
-                except (ConnectionError, RuntimeError) as exc:
-                    raise ProviderDisconnected(f"Provider disconnected ({exc})") from exc
+            try:
+                await provider.send(data)
+            except (ConnectionError, RuntimeError) as exc:
+                raise ProviderDisconnected(f"Provider disconnected ({exc})") from exc
+            if sent is not None:
+                sent()
             if fut is None:
                 return None
             try:
-                return await asyncio.wait_for(fut, timeout)
+                return await asyncio.wait_for(fut, wait)
             except asyncio.TimeoutError:
-                raise RequestTimeout("raw frame", request_id or "", timeout) from None
+                raise RequestTimeout(label, rid or "", wait) from None
         finally:
-            if request_id is not None:
-                provider.pending.pop(request_id, None)
+            if rid is not None:
+                provider.pending.pop(rid, None)
 
     # --- WebSocket side ----------------------------------------------------------------------------
 

@@ -144,6 +144,11 @@ def third_friday(year: int, month: int) -> dt.date:
     return first + dt.timedelta(days=offset + 14)
 
 
+def option_tick(symbol: str, price: float) -> float:
+    """An option's price increment: nickels for JNPR options priced $3 and over, pennies otherwise."""
+    return 0.05 if symbol == "JNPR" and price >= 3 else 0.01
+
+
 def _round_tick(x: float, tick: float, up: bool) -> float:
     n = x / tick
     n = math.ceil(n - 1e-9) if up else math.floor(n + 1e-9)
@@ -421,7 +426,7 @@ class Market:
             return OptionQuote(spec.symbol, spec.expiry, spec.strike, spec.right, -1.0, -1.0, -1.0,
                                round(close_g.price, 2), 0, 0, 0, volume, open_interest, iv, g.delta, g.gamma,
                                g.vega, g.theta, theo, s, False)
-        tick = 0.05 if (u.symbol == "JNPR" and theo >= 3) else 0.01
+        tick = option_tick(u.symbol, theo)
         width = 0.015 + 0.05 * min(moneyness * 4, 1.0) + (0.02 if days > 120 else 0.0)
         half = max(tick, theo * width / 2)
         bid = _round_tick(theo - half, tick, up=False)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .contracts import Instrument, stock_instrument
-from .market import Market
+from .market import Market, option_tick
 
 STARTING_CASH = 1_000_000.0
 MANUAL_CLIENT = -1               # the client id the simulator files orders typed into TWS under
@@ -102,12 +102,10 @@ class Account:
     realized: float = 0.0
 
 
-def min_tick(market: Market, ins: Instrument, price: float) -> float:
-    """The price increment an order on ``ins`` must respect (as the market model quotes: nickels for JNPR
-    options priced $3 and over, pennies otherwise)."""
-    if ins.is_option and ins.symbol == "JNPR" and price >= 3:
-        return 0.05
-    return 0.01
+def min_tick(ins: Instrument, price: float) -> float:
+    """The price increment an order on ``ins`` must respect: the market model's own (option_tick), pennies for
+    stocks."""
+    return option_tick(ins.symbol, price) if ins.is_option else 0.01
 
 
 def on_tick(price: float, tick: float) -> bool:

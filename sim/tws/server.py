@@ -13,6 +13,7 @@ from typing import Any
 
 from . import messages as M
 from .config import SimConfig
+from .contracts import stock_instrument
 from .latency import Latency
 from .market import Market
 from .orders import MANUAL_CLIENT, Broker, SimOrder
@@ -63,6 +64,7 @@ class TwsSimulator:
         self._unstalled.set()
         self._stall_end: asyncio.TimerHandle | None = None
         self._next_ids: dict[int, int] = {}
+        self._manual_ids = 0                   # orders typed into TWS by hand: -1, -2, ...
         self._tasks: set[asyncio.Task] = set()
         self._reopen_handle: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task | None = None
@@ -231,8 +233,7 @@ class TwsSimulator:
                            lmt_price: float | None = None, account: str | None = None, order_ref: str = "") -> SimOrder:
         """An order typed into TWS by hand (not through the API): listed by reqAllOpenOrders with id 0, bound to
         client 0 (negative id) by reqAutoOpenOrders(true)."""
-        from .contracts import stock_instrument
-        self._manual_ids = getattr(self, "_manual_ids", 0) - 1
+        self._manual_ids -= 1
         ins = stock_instrument(self.market.underlyings[symbol.upper()])
         order = self.broker.new_order(order_id=self._manual_ids, client_id=MANUAL_CLIENT,
                                       account=account or self.accounts[0], instrument=ins, action=action.upper(),

@@ -67,7 +67,7 @@ class OrderHandlers:
         if account not in sim.broker.accounts:
             self.error(oid, 321, f"Error validating request.-'bN' : cause - Invalid account code {account}")
             return
-        if req.lmt_price is not None and not on_tick(req.lmt_price, min_tick(sim.market, ins, req.lmt_price)):
+        if req.lmt_price is not None and not on_tick(req.lmt_price, min_tick(ins, req.lmt_price)):
             self.error(oid, 110, "The price does not conform to the minimum price variation for this contract.")
             return
         existing = self._own_order(oid)
