@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from agent.pacer import Pacer
@@ -17,6 +18,8 @@ from agent.types import Contract
 from agent.warm import WarmBook
 from ib_scanner import OptionScanner
 from sim.tws import SimConfig, TwsSimulator
+
+from bridge_harness import eventually
 
 KEY = "warm-legs-key-0123456789abc"
 FROZEN = 1e9
@@ -239,3 +242,19 @@ async def test_a_partly_warm_refresh_fetches_only_the_cold_legs():
         data = await refresh(scanner, old + new)
         assert [r["warm"] for r in data["contracts"]] == [True, True, False, False]
         assert scanner.stats["lines_opened"] == opened + 2 and len(scanner.warm) == 4
+
+
+@pytest.mark.parametrize("quiesce", [False, True])
+async def test_stopping_with_warm_lines_leaves_none_open_or_counted(quiesce):
+    """The agent stops with warm legs (quiesce then close, as the daemon does; or a plain close): nothing stays
+    warm or counted in the budget, no expiry timer is left behind, and TWS holds none of the lines."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        await refresh(scanner, legs_of(sim))
+        await settled(sim, bridge)
+        assert pacer.lines_warm == 4 == sim.stats()["active_lines"]
+        if quiesce:
+            bridge.quiesce()
+        await bridge.close()
+        assert len(scanner.warm) == 0 and scanner.warm._timer is None
+        assert pacer.lines_warm == 0 and pacer.lines_in_use == 0 and bridge.open_lines == 0
+        assert await eventually(lambda: sim.stats()["active_lines"] == 0)
