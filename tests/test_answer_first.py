@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from agent.errors import IBDisconnected
 from agent.pacer import Pacer, current_flow
 from agent.settings import Settings
 from agent.tws import TwsBridge
@@ -148,3 +149,27 @@ async def test_a_monitor_refresh_passes_a_chains_queued_lines():
         assert requests.count("SPY") == 40
         stats = await all_cancelled(sim, bridge)
         assert bad_codes(stats) == [] and stats["active_lines"] == 0
+
+
+async def test_a_connection_lost_mid_batch_leaves_no_line_counted_or_queued():
+    """TWS drops the connection while a batch streams and some of its cancels wait in the pacer: the request fails
+    (or answers with what it has), and no line stays in the budget, no cancel in the pacer's queue, none at TWS."""
+    pacer = Pacer(rate=20, burst=1, quiet_burst=0)  # slow tokens: cancels are still queued when the link goes
+    async with stack(pacer) as (sim, bridge, scanner, sent):
+        batch = asyncio.ensure_future(scanner.get_option_data_batch(listed(sim, "SPY", 30), need_greeks=True))
+        ending = asyncio.Event()
+        real_end = bridge.end_market_data
+
+        def ended(line):
+            ending.set()
+            return real_end(line)
+        bridge.end_market_data = ended
+        await asyncio.wait_for(ending.wait(), 10)
+        assert pacer.stats()["queued_cancels"] >= 1 and pacer.lines_in_use > 1
+        await sim.drop_clients()
+        done, _ = await asyncio.wait({batch}, timeout=10)
+        assert done and (batch.exception() is None or isinstance(batch.exception(), IBDisconnected))
+        assert await bridge.wait_lines_closed(timeout=5.0)
+        assert pacer.lines_in_use == 0 and pacer.lines_closing == 0 and bridge.open_lines == 0
+        assert pacer.stats()["queued_cancels"] == 0
+        assert sim.stats()["active_lines"] == 0
