@@ -10,38 +10,26 @@ import contextlib
 
 from agent.errors import IBDisconnected
 from agent.pacer import Pacer, current_flow
-from agent.settings import Settings
-from agent.tws import TwsBridge
 from agent.types import Contract
-from ib_scanner import OptionScanner
-from sim.tws import SimConfig, TwsSimulator
 
-KEY = "answer-first-key-0123456789"
-FROZEN = 1e9
+from bridge_harness import scanner_stack
 
 
 @contextlib.asynccontextmanager
 async def stack(pacer: Pacer, sim_lines: int = 100):
-    sim = TwsSimulator(SimConfig(port=0, latency="fast", seed=7, step=FROZEN, max_lines=sim_lines))
-    await sim.start()
-    bridge = TwsBridge(Settings(provider_key=KEY, ib_port=sim.port, connect_timeout=2.0), pacer)
-    sent: list[tuple[str, int, str]] = []         # (message, reqId, symbol) in the order TWS reads them
-    symbols: dict[int, str] = {}
-    real_send = bridge._send
+    async with scanner_stack(pacer, max_lines=sim_lines) as (sim, bridge, _, scanner):
+        sent: list[tuple[str, int, str]] = []         # (message, reqId, symbol) in the order TWS reads them
+        symbols: dict[int, str] = {}
+        real_send = bridge._send
 
-    def record(session, what, fn, *args):
-        real_send(session, what, fn, *args)
-        if what == "reqMktData":
-            symbols[args[0]] = args[1].symbol
-        if what in ("reqMktData", "cancelMktData"):
-            sent.append((what, args[0], symbols.get(args[0], "")))
-    bridge._send = record
-    try:
-        await bridge.connect()
-        yield sim, bridge, OptionScanner(bridge, pacer, today=lambda: sim.market.today), sent
-    finally:
-        await bridge.close()
-        await sim.stop()
+        def record(session, what, fn, *args):
+            real_send(session, what, fn, *args)
+            if what == "reqMktData":
+                symbols[args[0]] = args[1].symbol
+            if what in ("reqMktData", "cancelMktData"):
+                sent.append((what, args[0], symbols.get(args[0], "")))
+        bridge._send = record
+        yield sim, bridge, scanner, sent
 
 
 def listed(sim, symbol: str, n: int) -> list[Contract]:
