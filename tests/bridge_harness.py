@@ -58,23 +58,32 @@ async def simulator(**kw):
 
 
 @contextlib.asynccontextmanager
+async def supervising(b: TwsBridge):
+    """``b.run()`` (the supervisor) in a task for the block; then the bridge is closed and the task ended."""
+    task = asyncio.create_task(b.run())
+    try:
+        yield task
+    finally:
+        await b.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
 async def bridge_for(port: int | None, *, pacer: Pacer | None = None, events: Events | None = None,
                      supervised: bool = False, ports: list[int] | None = None, **kw):
     b = TwsBridge(settings(port, **kw), pacer or Pacer(), on_event=events, backoff=reconnect_wait(**FAST), ports=ports)
-    task = None
-    try:
-        if supervised:
-            task = asyncio.create_task(b.run())
+    if supervised:
+        async with supervising(b):
             await b.wait_connected(5.0)
-        else:
-            await b.connect()
+            yield b
+        return
+    try:
+        await b.connect()
         yield b
     finally:
         await b.close()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 

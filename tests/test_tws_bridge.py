@@ -15,7 +15,7 @@ from agent.retry import reconnect_wait
 from agent.tws import TwsBridge
 from agent.types import Contract
 
-from bridge_harness import AAPL, FAST, Events, bridge_for, eventually, settings, simulator, sync
+from bridge_harness import AAPL, FAST, Events, bridge_for, eventually, settings, simulator, supervising, sync
 from ports import closed_port
 
 
@@ -307,18 +307,13 @@ async def test_hung_tws_is_detected_by_the_health_check():
     async with simulator() as sim:
         b = TwsBridge(settings(sim.port), Pacer(), on_event=ev, backoff=reconnect_wait(**FAST), health_interval=0.05,
                       health_timeout=0.2)
-        b_task = asyncio.create_task(b.run())
-        try:
+        async with supervising(b):
             await b.wait_connected(5.0)
             sim.stall(3600)     # ended below, once the supervisor has given up on this connection
             await ev.next("tws_lost")
             sim.stall(0)
             await ev.next("tws_reconnected")
             assert b.connected
-        finally:
-            await b.close()
-            b_task.cancel()
-            await asyncio.gather(b_task, return_exceptions=True)
 
 
 # --- requests ----------------------------------------------------------------------------------
