@@ -31,28 +31,18 @@ class StateAtLoss(Events):
         super().__call__(name, data)
 
 
-async def test_supervised_loss_says_reconnecting_in_flag_and_message_at_once():
-    """When TWS drops a supervised bridge, tws_lost already sees reconnecting=True next to '...; reconnecting'."""
+@pytest.mark.parametrize("supervised, said", [(True, "; reconnecting"), (False, "")])
+async def test_loss_says_reconnecting_in_flag_and_message_only_when_supervised(supervised, said):
+    """When TWS drops a supervised bridge, tws_lost already sees reconnecting=True next to '...; reconnecting'.
+    Without the supervisor nobody reconnects: the flag stays False and the message does not say so."""
     ev = StateAtLoss()
-    async with simulator() as sim, bridge_for(sim.port, events=ev, supervised=True) as b:
+    async with simulator() as sim, bridge_for(sim.port, events=ev, supervised=supervised) as b:
         ev.bridge = b
         lost = asyncio.create_task(ev.next("tws_lost"))
         await asyncio.sleep(0)
         await sim.drop_clients()
         await lost
-        assert ev.at_loss == [(True, f"Lost the connection to TWS on port {sim.port}; reconnecting")]
-
-
-async def test_unsupervised_loss_does_not_claim_to_reconnect():
-    """Without the supervisor nobody reconnects: the flag stays False and the message does not say so."""
-    ev = StateAtLoss()
-    async with simulator() as sim, bridge_for(sim.port, events=ev) as b:
-        ev.bridge = b
-        lost = asyncio.create_task(ev.next("tws_lost"))
-        await asyncio.sleep(0)
-        await sim.drop_clients()
-        await lost
-        assert ev.at_loss == [(False, f"Lost the connection to TWS on port {sim.port}")]
+        assert ev.at_loss == [(supervised, f"Lost the connection to TWS on port {sim.port}{said}")]
 
 
 class CountingBackoff:
