@@ -55,10 +55,6 @@ def _no_price(symbol: str, q: Quote, when: str, advice: str) -> RequestTimeout:
     return RequestTimeout(f"IB sent no price for {symbol}{when}{why}{advice}")
 
 
-async def _none() -> list:
-    return []
-
-
 class OptionScanner(Lookups):
     def __init__(self, bridge, pacer, *, chunk_size: int | None = None, window: float = 2.5,
                  clock: Callable[[], float] = time.monotonic,
@@ -348,7 +344,7 @@ class OptionScanner(Lookups):
 
         cold = [c for c in legs if c.key not in warm]
         fetch_cold = self.get_option_data_batch(cold, need_greeks=True, max_batch=max_batch,
-                                                keep=self.warm.keeper(started)) if cold else _none()
+                                                keep=self.warm.keeper(started))       # no cold leg: []
         warm_quotes, cold_quotes = await gather_all(read_warm(), fetch_cold)
         out = {c.key: (q, False) for c, q in zip(cold, cold_quotes)}
         out.update({k: (q, True) for k, q in warm_quotes.items()})

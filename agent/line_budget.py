@@ -28,6 +28,12 @@ class LineDemand:
     def small(self) -> bool:
         return self.size <= SMALL_REQUEST_LINES
 
+    @property
+    def stuck(self) -> bool:
+        """Cannot go on without another line: it streams on none of its own, or it is small (a Monitor refresh
+        must not wait for a chain's lines). Warm lines yield to such a request (``reclaim``, ``Pacer.may_warm``)."""
+        return self.held == 0 or self.small
+
 
 class LineBudget:
     """The market-data line budget and the rule for granting lines to waiting requests (pure).
@@ -100,10 +106,9 @@ class LineBudget:
     def reclaim(self, wants: list[int], demands: list[LineDemand], closing: int) -> int:
         """How many warm lines to give up now for waiters still waiting after ``grant``.
 
-        Only for a waiter that cannot go on otherwise: it streams on no line of its own, or it is small (a
-        Monitor refresh must not wait for a chain's lines). A big request that already streams goes on at the
-        message rate with the lines it has, and leaves the warm ones alone. Lines whose cancel is already queued
-        (``closing``) are on their way back and count against the need.
+        Only for a waiter that cannot go on otherwise (``LineDemand.stuck``). A big request that already streams
+        goes on at the message rate with the lines it has, and leaves the warm ones alone. Lines whose cancel is
+        already queued (``closing``) are on their way back and count against the need.
         """
-        need = sum(w for w, d in zip(wants, demands) if d.held == 0 or d.small)
+        need = sum(w for w, d in zip(wants, demands) if d.stuck)
         return max(0, min(self.warm, need - max(0, closing)))

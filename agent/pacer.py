@@ -402,8 +402,7 @@ class Pacer:
         if not live:
             self._line_waiters = []
             return
-        grants = self._lines.grant([w for (w, _, _) in live], [d for (_, d, _) in live]) if self._lines.free else \
-            [0] * len(live)
+        grants = self._lines.grant([w for (w, _, _) in live], [d for (_, d, _) in live])
         still = []
         for entry, n in zip(live, grants):
             if n:
@@ -427,9 +426,9 @@ class Pacer:
             self._reclaimers.append(reclaim)
 
     def may_warm(self) -> bool:
-        """May a line be kept warm now? Not while a request that cannot go on waits for lines (one holding none,
-        or a small one): warm lines yield first. A big request that streams on its own lines does not stop it."""
-        return not any(d.held == 0 or d.small for (_, d, _) in self._line_waiters)
+        """May a line be kept warm now? Not while a request that cannot go on (``LineDemand.stuck``) waits for
+        lines: warm lines yield first. A big request that streams on its own lines does not stop it."""
+        return not any(d.stuck for (_, d, _) in self._line_waiters)
 
     def warm_lines(self, n: int = 1) -> None:
         """``n`` lines in use become warm (the caller keeps them streaming instead of cancelling them)."""

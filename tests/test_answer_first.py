@@ -8,39 +8,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from agent.errors import IBDisconnected
 from agent.pacer import Pacer, current_flow
-from agent.settings import Settings
-from agent.tws import TwsBridge
 from agent.types import Contract
-from ib_scanner import OptionScanner
-from sim.tws import SimConfig, TwsSimulator
 
-KEY = "answer-first-key-0123456789"
-FROZEN = 1e9
+from bridge_harness import scanner_stack
 
 
 @contextlib.asynccontextmanager
 async def stack(pacer: Pacer, sim_lines: int = 100):
-    sim = TwsSimulator(SimConfig(port=0, latency="fast", seed=7, step=FROZEN, max_lines=sim_lines))
-    await sim.start()
-    bridge = TwsBridge(Settings(provider_key=KEY, ib_port=sim.port, connect_timeout=2.0), pacer)
-    sent: list[tuple[str, int, str]] = []         # (message, reqId, symbol) in the order TWS reads them
-    symbols: dict[int, str] = {}
-    real_send = bridge._send
+    async with scanner_stack(pacer, max_lines=sim_lines) as (sim, bridge, _, scanner):
+        sent: list[tuple[str, int, str]] = []         # (message, reqId, symbol) in the order TWS reads them
+        symbols: dict[int, str] = {}
+        real_send = bridge._send
 
-    def record(session, what, fn, *args):
-        real_send(session, what, fn, *args)
-        if what == "reqMktData":
-            symbols[args[0]] = args[1].symbol
-        if what in ("reqMktData", "cancelMktData"):
-            sent.append((what, args[0], symbols.get(args[0], "")))
-    bridge._send = record
-    try:
-        await bridge.connect()
-        yield sim, bridge, OptionScanner(bridge, pacer, today=lambda: sim.market.today), sent
-    finally:
-        await bridge.close()
-        await sim.stop()
+        def record(session, what, fn, *args):
+            real_send(session, what, fn, *args)
+            if what == "reqMktData":
+                symbols[args[0]] = args[1].symbol
+            if what in ("reqMktData", "cancelMktData"):
+                sent.append((what, args[0], symbols.get(args[0], "")))
+        bridge._send = record
+        yield sim, bridge, scanner, sent
 
 
 def listed(sim, symbol: str, n: int) -> list[Contract]:
@@ -148,3 +137,27 @@ async def test_a_monitor_refresh_passes_a_chains_queued_lines():
         assert requests.count("SPY") == 40
         stats = await all_cancelled(sim, bridge)
         assert bad_codes(stats) == [] and stats["active_lines"] == 0
+
+
+async def test_a_connection_lost_mid_batch_leaves_no_line_counted_or_queued():
+    """TWS drops the connection while a batch streams and some of its cancels wait in the pacer: the request fails
+    (or answers with what it has), and no line stays in the budget, no cancel in the pacer's queue, none at TWS."""
+    pacer = Pacer(rate=20, burst=1, quiet_burst=0)  # slow tokens: cancels are still queued when the link goes
+    async with stack(pacer) as (sim, bridge, scanner, sent):
+        batch = asyncio.ensure_future(scanner.get_option_data_batch(listed(sim, "SPY", 30), need_greeks=True))
+        ending = asyncio.Event()
+        real_end = bridge.end_market_data
+
+        def ended(line):
+            ending.set()
+            return real_end(line)
+        bridge.end_market_data = ended
+        await asyncio.wait_for(ending.wait(), 10)
+        assert pacer.stats()["queued_cancels"] >= 1 and pacer.lines_in_use > 1
+        await sim.drop_clients()
+        done, _ = await asyncio.wait({batch}, timeout=10)
+        assert done and (batch.exception() is None or isinstance(batch.exception(), IBDisconnected))
+        assert await bridge.wait_lines_closed(timeout=5.0)
+        assert pacer.lines_in_use == 0 and pacer.lines_closing == 0 and bridge.open_lines == 0
+        assert pacer.stats()["queued_cancels"] == 0
+        assert sim.stats()["active_lines"] == 0

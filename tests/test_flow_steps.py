@@ -5,33 +5,15 @@ symbol alone."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 
 from agent.pacer import Pacer
 from agent.protocol import FetchChainPayload, SellScanPayload
-from agent.settings import Settings
-from agent.tws import TwsBridge
 from agent.types import Contract, ContractInfo, Quote
 from ib_scanner import OptionScanner
-from sim.tws import SimConfig, TwsSimulator
 
-KEY = "flow-steps-key-0123456789ab"
-
-
-@contextlib.asynccontextmanager
-async def stack():
-    sim = TwsSimulator(SimConfig(port=0, latency="fast", seed=7, step=1e9))
-    await sim.start()
-    pacer = Pacer()
-    bridge = TwsBridge(Settings(provider_key=KEY, ib_port=sim.port, connect_timeout=2.0), pacer)
-    try:
-        await bridge.connect()
-        yield sim, bridge, OptionScanner(bridge, pacer, today=lambda: sim.market.today)
-    finally:
-        await bridge.close()
-        await sim.stop()
+from bridge_harness import scanner_stack
 
 
 def watch(bridge) -> list[tuple[float, str]]:
@@ -55,7 +37,7 @@ def watch(bridge) -> list[tuple[float, str]]:
 
 async def test_sell_scan_asks_the_price_before_the_stock_lookup_answers():
     """Account's scan: the stock's reqMktData goes out before its contract look-up has come back."""
-    async with stack() as (sim, bridge, scanner):
+    async with scanner_stack() as (sim, bridge, _, scanner):
         events = watch(bridge)
         data = await asyncio.wait_for(scanner.sell_scan(SellScanPayload(ticker="MSFT", right="C")), 10)
         assert data["contracts"] and data["spotPrice"] > 0
@@ -64,7 +46,7 @@ async def test_sell_scan_asks_the_price_before_the_stock_lookup_answers():
 
 async def test_chain_without_a_deal_price_asks_the_price_at_once():
     """Curate's chain centred on the spot price: the price is asked before the stock's look-up answers."""
-    async with stack() as (sim, bridge, scanner):
+    async with scanner_stack() as (sim, bridge, _, scanner):
         events = watch(bridge)
         close = sim.market.today + dt.timedelta(days=30)
         data = await asyncio.wait_for(scanner.fetch_chain(FetchChainPayload(ticker="AAPL", dealPrice=0,

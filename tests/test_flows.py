@@ -4,45 +4,26 @@ pacer + OptionScanner (+ the dispatcher for the relay-facing errors). Loopback o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 
 import pytest
 
 from agent.dispatch import AgentContext, Dispatcher
 from agent.errors import InvalidRequest, RequestTimeout
-from agent.pacer import Pacer
 from agent.protocol import FetchChainPayload, FetchPricesPayload, FetchUnderlyingPayload, SellScanPayload, TickerPayload
 from agent.selection import (add_business_days, chain_expirations, merge_option_params, strike_step)
 from agent.settings import Settings
-from agent.tws import TwsBridge
 from agent.types import OptionParams
 import ib_scanner
 from ib_scanner import OptionScanner
-from sim.tws import SimConfig, TwsSimulator
+
+from bridge_harness import scanner_stack
 
 KEY = "flows-key-0123456789abcdef"
-FROZEN = 1e9        # seconds per market step: the simulated market stands still, so rows can be compared exactly
 # A scanner window (or wait) long enough that only a hang reaches it: lines that get data end early, however busy
 # the machine; tests whose lines must hear nothing keep a short window, as the silence lasts as long as the test
 # wants (a farm down, an outage), not as long as a clock says.
 HANG_GUARD = 30.0
-
-
-@contextlib.asynccontextmanager
-async def stack(**sim_kw):
-    sim_kw.setdefault("step", FROZEN)
-    sim = TwsSimulator(SimConfig(port=0, latency="fast", seed=7, **sim_kw))
-    await sim.start()
-    pacer = Pacer()
-    bridge = TwsBridge(Settings(provider_key=KEY, ib_port=sim.port, connect_timeout=2.0), pacer)
-    try:
-        await bridge.connect()
-        scanner = OptionScanner(bridge, pacer, today=lambda: sim.market.today)
-        yield sim, bridge, pacer, scanner
-    finally:
-        await bridge.close()
-        await sim.stop()
 
 
 def dispatcher_for(bridge, pacer, scanner) -> Dispatcher:
@@ -83,7 +64,7 @@ async def sim_caught_up(bridge) -> None:
 
 async def test_chain_rows_equal_the_simulators_quotes_and_selection_rules():
     """fetch_chain: expiries and strikes follow the rules on the sim's listings; every row equals the sim's quote."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         close = sim.market.today + dt.timedelta(days=30)
         data = await scanner.fetch_chain(FetchChainPayload(ticker="AAPL", dealPrice=230.0, expectedCloseDate=close))
         assert data["expirations"] == chain_expirations(sim.market.expirations("AAPL"), close)
@@ -106,7 +87,7 @@ async def test_chain_rows_equal_the_simulators_quotes_and_selection_rules():
 
 async def test_chain_without_deal_price_centres_on_spot_and_is_cached():
     """dealPrice 0 uses the spot (JNPR 39.40: 2.5 grid); the same request within 60 s is served from cache."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         close = sim.market.today + dt.timedelta(days=45)
         p = FetchChainPayload(ticker="JNPR", dealPrice=0, expectedCloseDate=close)
         data = await scanner.fetch_chain(p)
@@ -120,7 +101,7 @@ async def test_chain_without_deal_price_centres_on_spot_and_is_cached():
 
 async def test_sell_scan_selects_ranks_and_keeps_one_right():
     """sell_scan: expiries within N weekdays, strikes within spot x (1 +/- ntm), puts only, best yield first."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         data = await scanner.sell_scan(SellScanPayload(ticker="AAPL", right="P", ntm_pct=0.05, business_days=10))
         today = sim.market.today
         hi = add_business_days(today, 10).strftime("%Y%m%d")
@@ -137,7 +118,7 @@ async def test_sell_scan_selects_ranks_and_keeps_one_right():
 
 async def test_fetch_prices_input_order_and_an_off_grid_leg_fails_alone():
     """fetch_prices answers in input order; an unlisted strike is null with its error 200, the others are priced."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         exp = sim.market.expirations("AAPL")[2]
         legs = [dict(ticker="AAPL", strike=235.0, expiry=exp, right="C"),
                 dict(ticker="AAPL", strike=231.0, expiry=exp, right="C"),        # not listed: error 200
@@ -156,7 +137,7 @@ async def test_fetch_prices_input_order_and_an_off_grid_leg_fails_alone():
 
 async def test_delayed_fallback_marks_rows():
     """TSLA (no live permission in the sim): rows come from delayed data and say delayed: true."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         exp = sim.market.expirations("TSLA")[1]
         data = await scanner.fetch_prices(FetchPricesPayload(contracts=[dict(ticker="TSLA", strike=250.0, expiry=exp,
                                                                              right="C")]))
@@ -170,7 +151,7 @@ async def test_delayed_fallback_marks_rows():
 
 async def test_check_availability():
     """check_availability counts listed expirations; an unknown symbol is simply not available."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         ok = await scanner.check_availability(TickerPayload(ticker="AAPL"))
         assert ok == {"available": True, "expirationCount": len(sim.market.expirations("AAPL"))}
         assert await scanner.check_availability(TickerPayload(ticker="XYZQ")) == {"available": False,
@@ -179,7 +160,7 @@ async def test_check_availability():
 
 async def test_relay_facing_errors_are_clear():
     """Unknown ticker, past dates, a bad right and empty legs each get a trader-readable success:false answer."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         d = dispatcher_for(bridge, pacer, scanner)
         today = sim.market.today
         future = (today + dt.timedelta(days=30)).isoformat()
@@ -201,7 +182,7 @@ async def test_relay_facing_errors_are_clear():
 
 async def test_unknown_ticker_raises_invalid_request():
     """The scanner raises InvalidRequest naming the symbol (never an empty chain)."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         with pytest.raises(InvalidRequest, match="IB has no stock by that symbol"):
             await scanner.sell_scan(SellScanPayload(ticker="XYZQ"))
 
@@ -209,7 +190,7 @@ async def test_unknown_ticker_raises_invalid_request():
 async def test_max_batch_size_bounds_lines_at_tws():
     """_max_batch_size = 3: TWS never sees more than 3 of our lines at once (with no warm lines kept), and none
     is left open."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         scanner = OptionScanner(bridge, pacer, today=lambda: sim.market.today, warm_lines=0)
         exp = sim.market.expirations("AAPL")[1]
         legs = [dict(ticker="AAPL", strike=k, expiry=exp, right=r) for k in (220.0, 225.0, 230.0, 235.0, 240.0)
@@ -223,7 +204,7 @@ async def test_max_batch_size_bounds_lines_at_tws():
 
 async def test_cancelled_request_leaks_no_line():
     """A chain cancelled mid-flight (relay gone, deadline) leaves no line open at TWS or in the pacer."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         close = sim.market.today + dt.timedelta(days=30)
         opened, twenty = [], asyncio.Event()
         real_open = bridge.open_market_data
@@ -252,7 +233,7 @@ async def test_cancelled_request_leaks_no_line():
 
 async def test_three_concurrent_flows_trip_no_limit():
     """Curate, Account and Monitor at once through the dispatcher: no error 100/101, no violation, all answered."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         d = dispatcher_for(bridge, pacer, scanner)
         today = sim.market.today
         exp = sim.market.expirations("AAPL")[1]
@@ -273,7 +254,7 @@ async def test_three_concurrent_flows_trip_no_limit():
 
 async def test_huge_request_is_refused_up_front_with_advice():
     """A fetch_prices too large for the relay's 60 s wait is refused at once (no TWS message) and says why."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         d = dispatcher_for(bridge, pacer, scanner)
         exp = sim.market.expirations("AAPL")[3]
         legs = [{"ticker": "AAPL", "strike": 100 + k * 0.5, "expiry": exp, "right": r}
@@ -286,7 +267,7 @@ async def test_huge_request_is_refused_up_front_with_advice():
 
 async def test_no_quotes_at_all_is_an_error_not_rows_of_zeros():
     """With the market data farm down TWS sends nothing: the refresh fails and names the farm."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         scanner.window = 0.3
         exp = sim.market.expirations("AAPL")[1]
         legs = [dict(ticker="AAPL", strike=k, expiry=exp, right="C") for k in (225.0, 230.0)]
@@ -302,7 +283,7 @@ async def test_no_quotes_at_all_is_an_error_not_rows_of_zeros():
 async def test_no_stock_price_names_the_symbol_and_what_to_check():
     """With the farm down the stock never prices: sell_scan and the underlying quote say so with the window and the
     farm advice; a chain with no dealPrice to centre on asks for one."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         scanner.spot_window = 0.3
         await sim.set_farm("usfarm", up=False)
         await sim_caught_up(bridge)
@@ -318,7 +299,7 @@ async def test_no_stock_price_names_the_symbol_and_what_to_check():
 
 async def test_sell_scan_with_no_expiry_in_the_window_says_how_to_widen_it():
     """JNPR lists monthlies only: a 0-day sell scan finds no expiry and says to raise business_days."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         with pytest.raises(InvalidRequest, match="raise business_days") as e:
             await scanner.sell_scan(SellScanPayload(ticker="JNPR", right="C", business_days=0))
         assert sim.market.expirations("JNPR")[0] in str(e.value)      # names the next expiry
@@ -326,7 +307,7 @@ async def test_sell_scan_with_no_expiry_in_the_window_says_how_to_widen_it():
 
 async def test_quotes_lost_to_the_nightly_reset_are_asked_again_after_1101():
     """Legs asked during IB's nightly reset (1100) hear nothing; after 1101 they are asked once more and priced."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         scanner.window = 0.3        # a leg listens this long during the outage (it would hear nothing however long)
         exp = sim.market.expirations("AAPL")[1]
         legs = [dict(ticker="AAPL", strike=k, expiry=exp, right="C") for k in (225.0, 230.0)]
@@ -357,7 +338,7 @@ async def test_quotes_lost_to_the_nightly_reset_are_asked_again_after_1101():
 
 async def test_chain_with_silent_contracts_marks_them_and_is_not_cached():
     """A farm lost mid-chain: rows TWS said nothing about carry the reason, and the answer is not cached."""
-    async with stack() as (sim, bridge, pacer, scanner):
+    async with scanner_stack() as (sim, bridge, pacer, scanner):
         scanner.window = 0.3        # a line asked while the farm is down hears nothing, however long it listens
         close = sim.market.today + dt.timedelta(days=30)
         p = FetchChainPayload(ticker="AAPL", dealPrice=230.0, expectedCloseDate=close)

@@ -15,7 +15,7 @@ from agent.retry import reconnect_wait
 from agent.tws import TwsBridge
 from agent.types import Contract
 
-from bridge_harness import AAPL, FAST, Events, bridge_for, eventually, settings, simulator, sync
+from bridge_harness import AAPL, FAST, Events, bridge_for, eventually, settings, simulator, supervising, sync
 from ports import closed_port
 
 
@@ -270,6 +270,26 @@ async def test_malformed_message_does_not_kill_the_reader(kind):
         assert b.connected
 
 
+async def test_malformed_messages_amid_requests_and_a_line_lose_nothing():
+    """Malformed messages of every kind arriving while requests wait for their answers and a line streams: every
+    request is answered, the line keeps ticking and still counts once in the budget."""
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        await b.pacer.acquire_lines(1)
+        line = await b.open_market_data(AAPL)
+        assert await line.wait(lambda q: q.bid is not None, 5.0)
+        pending = [asyncio.create_task(b.contract_details(AAPL)) for _ in range(5)]
+        await sync_until_sent(b)
+        for kind in ("short", "truncated", "garbage"):
+            await sim.send_malformed(kind=kind)
+        answers = await asyncio.wait_for(asyncio.gather(*pending), 10)
+        assert all(a and a[0].contract.symbol == "AAPL" for a in answers)
+        line.quote.bid = None                   # only a tick after the malformed messages refills it
+        assert await line.wait(lambda q: q.bid is not None, 5.0)
+        assert b.connected and b.open_lines == 1 == b.pacer.lines_in_use
+        await b.close_market_data(line)
+        assert b.pacer.lines_in_use == 0
+
+
 async def test_farm_status_follows_farm_down_and_ok_messages():
     """2103 marks the named farm down, 2104 marks it OK again; neither fails anything."""
     async with simulator() as sim, bridge_for(sim.port) as b:
@@ -287,18 +307,13 @@ async def test_hung_tws_is_detected_by_the_health_check():
     async with simulator() as sim:
         b = TwsBridge(settings(sim.port), Pacer(), on_event=ev, backoff=reconnect_wait(**FAST), health_interval=0.05,
                       health_timeout=0.2)
-        b_task = asyncio.create_task(b.run())
-        try:
+        async with supervising(b):
             await b.wait_connected(5.0)
             sim.stall(3600)     # ended below, once the supervisor has given up on this connection
             await ev.next("tws_lost")
             sim.stall(0)
             await ev.next("tws_reconnected")
             assert b.connected
-        finally:
-            await b.close()
-            b_task.cancel()
-            await asyncio.gather(b_task, return_exceptions=True)
 
 
 # --- requests ----------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ bounded waits on shared futures (_within) and quiesce()."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
@@ -13,7 +12,7 @@ from agent.pacer import Pacer
 from agent.retry import reconnect_wait
 from agent.tws import TwsBridge
 
-from bridge_harness import AAPL, FAST, Events, bridge_for, settings, simulator, sync
+from bridge_harness import AAPL, FAST, Events, bridge_for, settings, simulator, supervising, sync
 
 
 # --- what the loss looks like from outside -------------------------------------------------------
@@ -32,28 +31,18 @@ class StateAtLoss(Events):
         super().__call__(name, data)
 
 
-async def test_supervised_loss_says_reconnecting_in_flag_and_message_at_once():
-    """When TWS drops a supervised bridge, tws_lost already sees reconnecting=True next to '...; reconnecting'."""
+@pytest.mark.parametrize("supervised, said", [(True, "; reconnecting"), (False, "")])
+async def test_loss_says_reconnecting_in_flag_and_message_only_when_supervised(supervised, said):
+    """When TWS drops a supervised bridge, tws_lost already sees reconnecting=True next to '...; reconnecting'.
+    Without the supervisor nobody reconnects: the flag stays False and the message does not say so."""
     ev = StateAtLoss()
-    async with simulator() as sim, bridge_for(sim.port, events=ev, supervised=True) as b:
+    async with simulator() as sim, bridge_for(sim.port, events=ev, supervised=supervised) as b:
         ev.bridge = b
         lost = asyncio.create_task(ev.next("tws_lost"))
         await asyncio.sleep(0)
         await sim.drop_clients()
         await lost
-        assert ev.at_loss == [(True, f"Lost the connection to TWS on port {sim.port}; reconnecting")]
-
-
-async def test_unsupervised_loss_does_not_claim_to_reconnect():
-    """Without the supervisor nobody reconnects: the flag stays False and the message does not say so."""
-    ev = StateAtLoss()
-    async with simulator() as sim, bridge_for(sim.port, events=ev) as b:
-        ev.bridge = b
-        lost = asyncio.create_task(ev.next("tws_lost"))
-        await asyncio.sleep(0)
-        await sim.drop_clients()
-        await lost
-        assert ev.at_loss == [(False, f"Lost the connection to TWS on port {sim.port}")]
+        assert ev.at_loss == [(supervised, f"Lost the connection to TWS on port {sim.port}{said}")]
 
 
 class CountingBackoff:
@@ -81,8 +70,7 @@ async def test_outage_logs_one_line_per_state_change(caplog):
     backoff = CountingBackoff(**FAST)
     async with simulator() as sim:
         b = TwsBridge(settings(sim.port), Pacer(), on_event=ev, backoff=backoff)
-        task = asyncio.create_task(b.run())
-        try:
+        async with supervising(b):
             await b.wait_connected(5.0)
             caplog.clear()
             backoff.wanted = backoff.calls + 6
@@ -91,11 +79,6 @@ async def test_outage_logs_one_line_per_state_change(caplog):
             await asyncio.wait_for(backoff.reached.wait(), 10)
             sim.refuse_connections(0.0)         # listen again now
             await back
-        finally:
-            await b.close()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     shown = [r for r in caplog.records if r.name == "agent.tws" and r.levelno >= logging.INFO]
     texts = [r.getMessage() for r in shown]
     assert sum("Lost the connection" in t for t in texts) == 1, texts
@@ -117,19 +100,13 @@ async def test_client_ids_in_use_warn_on_the_first_attempt_only(caplog):
         backoff = CountingBackoff(**FAST)
         backoff.wanted = 4
         b = TwsBridge(settings(sim.port), Pacer(), backoff=backoff)
-        task = None
         try:
             for h in holders:
                 await h.connect()
             caplog.clear()
-            task = asyncio.create_task(b.run())
-            await asyncio.wait_for(backoff.reached.wait(), 20)
+            async with supervising(b):
+                await asyncio.wait_for(backoff.reached.wait(), 20)
         finally:
-            await b.close()
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             for h in holders:
                 await h.close()
     warned = [r.getMessage() for r in caplog.records if r.name == "agent.tws" and r.levelno >= logging.WARNING]

@@ -57,6 +57,24 @@ async def test_option_line_gets_greeks_and_failed_line_wakes_waiter():
         assert b.pacer.lines_in_use == 0
 
 
+@pytest.mark.parametrize("contract, code", [(Contract.stock("NOSUCH"), 200), (Contract.stock("TSLA"), 354)])
+async def test_a_refused_line_comes_back_without_a_cancel(monkeypatch, contract, code):
+    """TWS refuses a reqMktData (200 no such contract; 354 not subscribed, with live data asked for): it holds no
+    line for it, so ending the line sends no cancelMktData (no error 300) and gives the line back at once."""
+    monkeypatch.setattr("agent.tws.bridge.MARKET_DATA_TYPE", 1)         # live only: TSLA has no live permission
+    async with simulator() as sim, bridge_for(sim.port) as b:
+        line = await open_line(b, contract)
+        assert await line.wait(lambda q: False, 5.0)         # True: the line failed
+        assert line.quote.error_code == code and line.quote.failed
+        written = b.messages_written
+        await b.close_market_data(line)
+        assert line.closed and b.pacer.lines_in_use == 0 and b.open_lines == 0
+        assert b.messages_written == written                 # no cancelMktData went out
+        await sync(b)
+        st = sim.stats()
+        assert st["active_lines"] == 0 and not [e for e in st["errors_sent"] if e["code"] == 300]
+
+
 async def test_no_live_permission_gives_delayed_quotes_not_a_failure():
     """Without live permission (reqMarketDataType 3 sent on connect) TWS sends 10167 and delayed ticks: the
     quote is marked delayed, carries prices and is not failed."""

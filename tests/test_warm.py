@@ -5,21 +5,16 @@ re-requested after 1101, vanish with the connection, and IB_WARM_LINES=0 keeps n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from agent.pacer import Pacer
 from agent.protocol import FetchPricesPayload
-from agent.settings import Settings
-from agent.tws import TwsBridge
 from agent.types import Contract
 from agent.warm import WarmBook
-from ib_scanner import OptionScanner
-from sim.tws import SimConfig, TwsSimulator
 
-KEY = "warm-legs-key-0123456789abc"
-FROZEN = 1e9
+from bridge_harness import FROZEN, eventually, scanner_stack
 
 
 # --- WarmBook (pure) ------------------------------------------------------------------------------
@@ -71,18 +66,9 @@ def test_book_does_not_push_out_legs_of_the_request_asking():
 
 # --- against the simulator ---------------------------------------------------------------------------
 
-@contextlib.asynccontextmanager
-async def stack(*, step: float = FROZEN, lines: int = 100, margin: int = 10, **scanner_kw):
-    sim = TwsSimulator(SimConfig(port=0, latency="fast", seed=7, step=step, max_lines=lines))
-    await sim.start()
-    pacer = Pacer(max_lines=lines, line_margin=margin)
-    bridge = TwsBridge(Settings(provider_key=KEY, ib_port=sim.port, connect_timeout=2.0), pacer)
-    try:
-        await bridge.connect()
-        yield sim, bridge, pacer, OptionScanner(bridge, pacer, today=lambda: sim.market.today, **scanner_kw)
-    finally:
-        await bridge.close()
-        await sim.stop()
+def stack(*, step: float = FROZEN, lines: int = 100, margin: int = 10, **scanner_kw):
+    return scanner_stack(Pacer(max_lines=lines, line_margin=margin), step=step, max_lines=lines,
+                         scanner_kw=scanner_kw)
 
 
 def legs_of(sim, n: int = 4, symbol: str = "AAPL", expiry_index: int = 1, skip: int = 0) -> list[dict]:
@@ -239,3 +225,19 @@ async def test_a_partly_warm_refresh_fetches_only_the_cold_legs():
         data = await refresh(scanner, old + new)
         assert [r["warm"] for r in data["contracts"]] == [True, True, False, False]
         assert scanner.stats["lines_opened"] == opened + 2 and len(scanner.warm) == 4
+
+
+@pytest.mark.parametrize("quiesce", [False, True])
+async def test_stopping_with_warm_lines_leaves_none_open_or_counted(quiesce):
+    """The agent stops with warm legs (quiesce then close, as the daemon does; or a plain close): nothing stays
+    warm or counted in the budget, no expiry timer is left behind, and TWS holds none of the lines."""
+    async with stack() as (sim, bridge, pacer, scanner):
+        await refresh(scanner, legs_of(sim))
+        await settled(sim, bridge)
+        assert pacer.lines_warm == 4 == sim.stats()["active_lines"]
+        if quiesce:
+            bridge.quiesce()
+        await bridge.close()
+        assert len(scanner.warm) == 0 and scanner.warm._timer is None
+        assert pacer.lines_warm == 0 and pacer.lines_in_use == 0 and bridge.open_lines == 0
+        assert await eventually(lambda: sim.stats()["active_lines"] == 0)
