@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Callable, Sequence
 
+from agent.aio import gather_all, settle_all
 from agent.exchange_time import new_york_today
 from agent.errors import IBDisconnected, IBError, InvalidRequest, RequestTimeout
 from agent.protocol import (FetchChainPayload, FetchPricesPayload, FetchUnderlyingPayload, SellScanPayload,
@@ -26,11 +27,11 @@ from agent.protocol import (FetchChainPayload, FetchPricesPayload, FetchUnderlyi
 from agent.rows import (chain_row, price_row, rank_for_seller, sell_row, underlying_price,
                         underlying_row)
 from agent.batch import (NEED_GREEKS, NEED_QUOTES, NEED_STATS, SETTLE, Keep, LineBatch, heard_nothing,
-                         line_done, line_settled, settle_all, snapshot, stock_done)
+                         line_done, line_settled, snapshot, stock_done)
 from agent.selection import (add_business_days, chain_expirations, chain_strikes, check_request_size, dedupe,
                              listed_contracts, sell_scan_expirations, sell_scan_strikes)
 from agent.types import Contract, ContractInfo, Quote
-from agent.lookups import NO_SECURITY, Lookups, Cached, gather_all
+from agent.lookups import NO_SECURITY, Lookups, Cached
 from agent.warm import DEFAULT_WARM_LINES, DEFAULT_WARM_SECONDS, WarmLines
 
 log = logging.getLogger("agent.scanner")

@@ -4,6 +4,9 @@
 iteration as the caller is cancelled: the cancellation is lost. Seen here: Ctrl+C landing as the relay answered
 the agent's login (the relay client then ran on, and the agent never stopped), and a supervisor woken by its
 event as it was cancelled. These helpers wait with ``asyncio.wait``, which always raises the cancellation.
+
+``settle_all`` and ``gather_all`` end a group of tasks cleanly: what still runs is cancelled and awaited, so every
+task's ``finally`` (where market-data lines go back to the budget) has run before the caller goes on.
 """
 
 from __future__ import annotations
@@ -40,3 +43,21 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         if not waiter.done():
             waiter.cancel()
     return bool(done)
+
+
+async def settle_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel what is still running and wait for every task's ``finally`` (where lines are handed back)."""
+    for t in tasks:
+        if not t.done():
+            t.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def gather_all(*aws: Awaitable[Any]) -> list:
+    """asyncio.gather that, when one fails or the caller is cancelled, cancels and waits for the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        await settle_all(tasks)

@@ -24,6 +24,7 @@ import dataclasses
 import time
 from typing import Callable, Sequence
 
+from agent.aio import settle_all
 from agent.errors import AgentError, IBDisconnected, IBError
 from agent.line_budget import SMALL_REQUEST_LINES, LineDemand
 from agent.pacer import current_bulk
@@ -95,15 +96,6 @@ def snapshot(line) -> Quote:
     q = dataclasses.replace(line.quote, extra=copy.deepcopy(line.quote.extra))
     q.extra["at"] = getattr(line, "updated_at", None)
     return q
-
-
-async def settle_all(tasks: list[asyncio.Task]) -> None:
-    """Cancel what is still running and wait for every task's ``finally`` (where lines are handed back)."""
-    for t in tasks:
-        if not t.done():
-            t.cancel()
-    if tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class LineBatch:

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
+from agent.aio import gather_all
 from agent.errors import IBError, InvalidRequest, RequestTimeout
 from agent.selection import merge_option_params, pick_multiplier
 from agent.types import Contract, ContractInfo
@@ -29,18 +30,6 @@ LISTING_RETRY = 60.0         # ask again this long after a listing did not come
 class Cached:
     at: float
     value: Any
-
-
-async def gather_all(*aws: Awaitable[Any]) -> list:
-    """asyncio.gather that, when one fails or the caller is cancelled, cancels and waits for the others."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            if not t.done():
-                t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Lookups:
