@@ -1,4 +1,4 @@
-"""What the TWS bridge tests share: a simulator, a bridge on it, an event recorder, bounded polls; and for the
+"""What the TWS bridge tests share: a simulator, a bridge on it, an event recorder; and for the
 scanner's tests, the three together with an OptionScanner (``scanner_stack``)."""
 
 from __future__ import annotations
@@ -99,17 +99,6 @@ async def scanner_stack(pacer: Pacer | None = None, *, scanner_kw: dict | None =
 
 
 AAPL = Contract.stock("AAPL")
-
-
-async def eventually(predicate, timeout: float = 5.0) -> bool:
-    """For state with no event to await (another process-like peer's bookkeeping): poll, bounded."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def sync(bridge: TwsBridge) -> None:

@@ -15,8 +15,9 @@ from agent.retry import reconnect_wait
 from agent.tws import TwsBridge
 from agent.types import Contract
 
-from bridge_harness import AAPL, FAST, Events, bridge_for, eventually, settings, simulator, supervising, sync
+from bridge_harness import AAPL, FAST, Events, bridge_for, settings, simulator, supervising, sync
 from ports import closed_port
+from sim_probe import until
 
 
 # --- connecting --------------------------------------------------------------------------------
@@ -72,7 +73,7 @@ async def test_port_selection_keeps_the_first_port_matching_the_mode(mode):
             want = paper if mode == "paper" else live
             assert b.port == want.port and b.is_paper is (mode == "paper")
             other = live if mode == "paper" else paper
-            assert await eventually(lambda: not other.stats()["clients"])    # the mismatched one was let go
+            await until(lambda: not other.stats()["clients"], 5.0)    # the mismatched one was let go
 
 
 async def test_account_mismatch_is_said_in_plain_words():

@@ -14,7 +14,8 @@ from agent.protocol import FetchPricesPayload
 from agent.types import Contract
 from agent.warm import WarmBook
 
-from bridge_harness import FROZEN, eventually, scanner_stack
+from bridge_harness import FROZEN, scanner_stack
+from sim_probe import until
 
 
 # --- WarmBook (pure) ------------------------------------------------------------------------------
@@ -240,4 +241,4 @@ async def test_stopping_with_warm_lines_leaves_none_open_or_counted(quiesce):
         await bridge.close()
         assert len(scanner.warm) == 0 and scanner.warm._timer is None
         assert pacer.lines_warm == 0 and pacer.lines_in_use == 0 and bridge.open_lines == 0
-        assert await eventually(lambda: sim.stats()["active_lines"] == 0)
+        await until(lambda: sim.stats()["active_lines"] == 0, 5.0)
