@@ -493,10 +493,14 @@ def _connect_extras(url: str, version: str) -> dict:
     extras: dict[str, Any] = {}
     if "user_agent_header" in _CONNECT_PARAMS:
         extras["user_agent_header"] = f"ib-data-agent/{version}"
-    if "proxy" in _CONNECT_PARAMS and is_loopback(_host_of(url)):
-        # Never route a loopback URL through a proxy from the environment; real URLs keep websockets' default.
-        extras["proxy"] = None
+    extras.update(loopback_proxy_off(url))
     return extras
+
+
+def loopback_proxy_off(url: str) -> dict:
+    """``{"proxy": None}`` for a loopback URL when websockets reads HTTP(S)_PROXY by default (15+): a local relay is
+    never reached through a proxy from the environment; real URLs keep websockets' default. Else nothing."""
+    return {"proxy": None} if "proxy" in _CONNECT_PARAMS and is_loopback(_host_of(url)) else {}
 
 
 def _host_of(url: str) -> str:

@@ -163,6 +163,19 @@ async def test_the_relay_check_never_takes_a_running_agents_requests(tmp_path):
     assert not routes.outranks(doctor.CHECK_VERSION, "2.0.0") and not routes.outranks(doctor.CHECK_VERSION, "1.39.2")
 
 
+async def test_a_local_relay_is_reached_past_a_proxy_in_the_environment(tmp_path, monkeypatch):
+    """HTTP(S)_PROXY pointing at nothing (a corporate setting): the check reaches a loopback relay directly, as the
+    agent does (agent.relay.loopback_proxy_off), instead of failing through the proxy."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{closed_port()}")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with ReferenceRelay(api_key=KEY, port=0) as relay:
+        r = await doctor.check_relay(settings_for(tmp_path, RELAY_URL=relay.ws_url, IB_PORT=closed_port()),
+                                     FAST.relay)
+    assert r.status == OK, r.detail
+
+
 async def test_relay_unreachable(tmp_path):
     """No relay at RELAY_URL: step 7 says the WebSocket connection failed."""
     settings = settings_for(tmp_path, IB_PORT=closed_port(),

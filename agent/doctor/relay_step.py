@@ -19,19 +19,18 @@ CHECK_VERSION = "0"
 
 async def check_relay(settings: Any, timeout: float, version: str = CHECK_VERSION) -> CheckResult:
     """Step 7: connect, send auth, read auth_response, close (code 1000)."""
-    import websockets
+    from websockets.asyncio.client import connect
 
     from agent.protocol import auth_frame
+    from agent.relay import loopback_proxy_off
 
     r = CheckResult(7, TITLES[7])
     url = settings.relay_url
     key = settings.provider_key.get_secret_value()
-    extra: dict = {}
-    if _loopback_url(url) and _connect_takes_proxy():
-        extra["proxy"] = None       # never route a local relay through an HTTP proxy from the environment
+    extra = loopback_proxy_off(url)         # the agent's own rule: a local relay never through a proxy
 
     async def exchange() -> str:
-        ws = await websockets.connect(url, open_timeout=timeout, close_timeout=1.0, max_size=2 ** 20, **extra)
+        ws = await connect(url, open_timeout=timeout, close_timeout=1.0, max_size=2 ** 20, **extra)
         try:
             await ws.send(json.dumps(auth_frame(key, version)))
             return await ws.recv()
@@ -72,27 +71,6 @@ async def check_relay(settings: Any, timeout: float, version: str = CHECK_VERSIO
         r.detail = f"the relay at {url} did not answer the auth message as expected"
         r.fix = "check RELAY_URL: it must be the relay's /ws/data-provider address"
     return r
-
-
-def _loopback_url(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    from agent.settings import is_loopback
-    try:
-        return is_loopback(urlsplit(url).hostname or "")
-    except ValueError:
-        return False
-
-
-def _connect_takes_proxy() -> bool:
-    """websockets >= 15 reads HTTP(S)_PROXY by default (``proxy=True``); older versions have no such argument."""
-    import inspect
-
-    import websockets
-    try:
-        return "proxy" in inspect.signature(websockets.connect).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _redact(text: str, key: str) -> str:
